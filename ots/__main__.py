@@ -1,0 +1,3 @@
+from ots.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Offline AIM19-like demo set.
+
+Colour photos (by default the ones shipped inside scikit-image, or any folder via ``photos=``) are split,
+from the seed, into disjoint HR-domain, LR-domain and validation sets. The LR domain gets an AIM19-like
+unknown degradation, randomised per image from the seed: a random Gaussian blur kernel (isotropic or
+anisotropic), x4 bicubic downscale, Gaussian or Poisson noise and JPEG compression. Validation pairs are
+centre crops of held-out photos (modcrop 4) and the same kind of degradation of them. The result is a
+folder in the AIM19 layout (``train_clean/``, ``train_noisy/``, ``val_hr/``, ``val_lr/``) plus
+``degradation.json`` with every parameter. Deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ots.data.sources import IMAGE_EXTS, SCALE, decode_image, list_files
+from ots.errors import DataError
+
+DEMO_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
+
+
+def skimage_photo_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the demo set needs scikit-image (its bundled photos), or pass --photos DIR")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def demo_photos(photos: str | Path | None = None) -> list[Path]:
+    if photos is None:
+        d = skimage_photo_dir()
+        files = [d / n for n in DEMO_PHOTOS if (d / n).is_file()]
+    else:
+        files = [p for p in list_files(Path(photos)) if p.suffix.lower() in IMAGE_EXTS]
+    if len(files) < 3:
+        raise DataError(f"{photos or 'scikit-image data'}: need at least 3 photos, found {len(files)}")
+    return files
+
+
+def _gaussian_kernel(rng: np.random.Generator, size: int = 21) -> tuple[np.ndarray, dict]:
+    if rng.random() < 0.5:
+        s = float(rng.uniform(0.4, 2.5))
+        sx, sy, theta, kind = s, s, 0.0, "isotropic"
+    else:
+        sx, sy = (float(v) for v in rng.uniform(0.4, 3.0, size=2))
+        theta, kind = float(rng.uniform(0, np.pi)), "anisotropic"
+    r = np.arange(size) - size // 2
+    xx, yy = np.meshgrid(r, r)
+    c, s_ = np.cos(theta), np.sin(theta)
+    u, v = c * xx + s_ * yy, -s_ * xx + c * yy
+    k = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    k /= k.sum()
+    return k, {"kernel": kind, "sigma_x": round(sx, 4), "sigma_y": round(sy, 4), "theta": round(theta, 4)}
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator, scale: int = SCALE) -> tuple[np.ndarray, dict]:
+    """AIM19-like unknown degradation of a uint8 HWC image: blur, x``scale`` bicubic, noise, JPEG."""
+    from PIL import Image
+    from scipy.ndimage import convolve
+
+    h, w = (img.shape[0] // scale) * scale, (img.shape[1] // scale) * scale
+    x = img[:h, :w].astype(np.float32)
+    k, params = _gaussian_kernel(rng)
+    x = np.stack([convolve(x[..., c], k, mode="reflect") for c in range(3)], axis=-1)
+    x8 = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    lr = np.asarray(Image.fromarray(x8).resize((w // scale, h // scale), Image.BICUBIC), dtype=np.float32)
+    if rng.random() < 0.5:
+        sigma = float(rng.uniform(1.0, 15.0))
+        lr = lr + rng.normal(0.0, sigma, size=lr.shape)
+        params.update(noise="gaussian", noise_sigma=round(sigma, 4))
+    else:
+        peak = float(rng.uniform(30.0, 300.0))
+        lr = rng.poisson(np.clip(lr, 0, 255) / 255.0 * peak) / peak * 255.0
+        params.update(noise="poisson", noise_peak=round(peak, 4))
+    lr8 = np.clip(np.rint(lr), 0, 255).astype(np.uint8)
+    q = int(rng.integers(40, 91))
+    buf = io.BytesIO()
+    Image.fromarray(lr8).save(buf, format="JPEG", quality=q)
+    params.update(jpeg_quality=q, scale=scale)
+    return decode_image(buf.getvalue(), "jpeg"), params
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _save_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def build_demo(
+    out_dir: str | Path,
+    photos: str | Path | None = None,
+    seed: int = 0,
+    max_side: int = 1024,
+    val_crop: int = 256,
+    progress: bool = True,
+) -> dict:
+    """Build (or reuse, if already built with the same inputs) an AIM19-layout demo folder."""
+    out = Path(out_dir)
+    files = demo_photos(photos)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    config = {"seed": seed, "max_side": max_side, "val_crop": val_crop, "scale": SCALE, "photos": h.hexdigest()}
+    meta_path = out / "degradation.json"
+    if meta_path.is_file():
+        try:
+            if json.loads(meta_path.read_text()).get("config") == config:
+                return json.loads(meta_path.read_text())
+        except ValueError:
+            pass
+    from PIL import Image
+
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = max(1, len(files) // 4)
+    val_idx, rest = order[:n_val], order[n_val:]
+    split = {"val": sorted(int(i) for i in val_idx), "hr": sorted(int(i) for i in rest[0::2]),
+             "lr": sorted(int(i) for i in rest[1::2])}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta: dict = {"config": config, "hr": [], "lr": {}, "val": {}}
+    jobs = [(k, i) for k in ("hr", "lr", "val") for i in split[k]]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc="demo", unit="img", disable=None)
+    for kind, i in jobs:
+        p = files[i]
+        img = decode_image(p.read_bytes(), str(p))
+        if max(img.shape[:2]) > max_side:
+            f = max_side / max(img.shape[:2])
+            size = (round(img.shape[1] * f), round(img.shape[0] * f))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC), dtype=np.uint8)
+        stem = p.stem
+        if kind == "hr":
+            _save_png(tmp / "train_clean" / f"{stem}.png", img)
+            meta["hr"].append(stem)
+        elif kind == "lr":
+            lr, params = degrade(img, _rng(seed, stem))
+            _save_png(tmp / "train_noisy" / f"{stem}.png", lr)
+            meta["lr"][stem] = params
+        else:
+            c = min(val_crop, img.shape[0], img.shape[1]) // SCALE * SCALE
+            y, x = (img.shape[0] - c) // 2, (img.shape[1] - c) // 2
+            hr = np.ascontiguousarray(img[y : y + c, x : x + c])
+            lr, params = degrade(hr, _rng(seed, "val/" + stem))
+            _save_png(tmp / "val_hr" / f"{stem}.png", hr)
+            _save_png(tmp / "val_lr" / f"{stem}.png", lr)
+            meta["val"][stem] = params
+    (tmp / "degradation.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out)
+    return meta

@@ -1,0 +1,362 @@
+"""Parquet shards of image tiles in any storage location (local folder or ``s3://``), committed by a manifest.
+
+Layout under the dataset URI::
+
+    manifest.json                                   written last; a prefix without it is not a dataset
+    shards/{split}-{domain}-{index:05d}-{sha12}.parquet
+
+Each shard holds rows ``id, split, domain, height, width, channels, tile_y, tile_x, source, pixels`` where
+``pixels`` is raw uint8 HWC in a zstd-compressed binary column. HR-domain training images are cut into
+overlapping tiles (default 480 px) large enough for random 128-px crops, LR-domain ones into 120-px tiles for
+32-px crops; validation pairs (``split=val``, ``domain=hr|lr``, same ``id``) are stored whole and lossless.
+
+Shard names are content addressed, written atomically (temporary name + rename locally, a single PUT on
+S3) and only become part of the dataset when ``manifest.json`` (with a sha256 per shard) is written. After
+the commit, files not listed in the manifest are removed. Rerunning on the same input reproduces
+byte-identical shards and manifest and skips the work when the manifest already matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ots.errors import DataError, StorageError
+from ots.storage import Store, open_store
+
+FORMAT = "ots-shards/1"
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("domain", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("channels", pa.int8()),
+        ("tile_y", pa.int32()),
+        ("tile_x", pa.int32()),
+        ("source", pa.string()),
+        ("pixels", pa.binary()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    hr_tile: int = 480
+    lr_tile: int = 120
+    hr_crop: int = 128  # minimum HR image side (random crop size used in training)
+    lr_crop: int = 32
+    overlap: float = 0.25  # fraction of the tile shared with the neighbour
+    shard_bytes: int = 64 << 20  # raw (uncompressed) pixel bytes per shard
+
+    def validate(self) -> ShardConfig:
+        if not (0 <= self.overlap < 1):
+            raise DataError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.hr_tile < self.hr_crop or self.lr_tile < self.lr_crop:
+            raise DataError("tile sizes must be at least the crop sizes")
+        if min(self.hr_crop, self.lr_crop, self.shard_bytes) <= 0:
+            raise DataError("crop sizes and shard_bytes must be positive")
+        return self
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Evenly spread tile origins covering [0, length) with at least ``overlap`` shared between tiles."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    n = -(-(length - tile) // stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _rows_for_image(img: np.ndarray, rel: str, name: str, split: str, domain: str, tile: int | None,
+                    overlap: float):
+    h, w = img.shape[:2]
+    if tile is None:
+        yield (name, split, domain, h, w, 0, 0, rel, np.ascontiguousarray(img))
+        return
+    for y in tile_starts(h, tile, overlap):
+        for x in tile_starts(w, tile, overlap):
+            t = np.ascontiguousarray(img[y : y + tile, x : x + tile])
+            yield (f"{name}@{y},{x}", split, domain, t.shape[0], t.shape[1], y, x, rel, t)
+
+
+def _table(rows: list) -> pa.Table:
+    cols = list(zip(*rows))
+    arrays = [
+        pa.array(cols[0], pa.string()),
+        pa.array(cols[1], pa.string()),
+        pa.array(cols[2], pa.string()),
+        pa.array(cols[3], pa.int32()),
+        pa.array(cols[4], pa.int32()),
+        pa.array([3] * len(rows), pa.int8()),
+        pa.array(cols[5], pa.int32()),
+        pa.array(cols[6], pa.int32()),
+        pa.array(cols[7], pa.string()),
+        pa.array([t.tobytes() for t in cols[8]], pa.binary()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=["split", "domain", "source"],
+        write_statistics=False,
+        row_group_size=max(1, table.num_rows),
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def read_manifest(store: Store) -> dict:
+    if not store.exists(MANIFEST):
+        raise DataError(f"{store.uri}: not a dataset (no {MANIFEST}; an unfinished write leaves none)")
+    try:
+        m = json.loads(store.read_bytes(MANIFEST))
+    except ValueError as e:
+        raise DataError(f"{store.uri_of(MANIFEST)}: corrupt manifest ({e})") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("shards"), list):
+        raise DataError(f"{store.uri_of(MANIFEST)}: not an {FORMAT} manifest")
+    return m
+
+
+def build_shards(
+    source_dir: str | Path,
+    out_uri: str,
+    cfg: ShardConfig | None = None,
+    skip_invalid: bool = False,
+    extra: dict | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> tuple[dict, bool]:
+    """Convert an AIM19-layout folder to shards at ``out_uri``. Returns ``(manifest, written)``.
+
+    ``written`` is False when an identical manifest was already committed (nothing rewritten).
+    ``extra`` (e.g. degradation parameters) is stored in the manifest. Bad input raises DataError listing
+    every bad file, before anything is written, unless ``skip_invalid``.
+    """
+    from ots.data.sources import decode_image, scan_aim19
+
+    cfg = (cfg or ShardConfig()).validate()
+    src = scan_aim19(source_dir, hr_min=cfg.hr_crop, lr_min=cfg.lr_crop, progress=progress)
+    if src.fatal or (src.invalid and not skip_invalid):
+        raise DataError(src.error_message())
+    params = asdict(cfg)
+    manifest: dict = {
+        "format": FORMAT,
+        "source": {"layout": "aim19", "fingerprint": src.fingerprint},
+        "params": params,
+        "extra": extra or {},
+        "skipped": [{"file": rel, "reason": reason} for rel, reason in src.invalid],
+    }
+    config_key = sha256(_manifest_bytes(manifest))
+    manifest["config_key"] = config_key
+
+    store = open_store(out_uri, create=True, **(storage_options or {}))
+    if store.exists(MANIFEST):
+        try:
+            old = read_manifest(store)
+        except DataError:
+            old = None
+        if old and old.get("config_key") == config_key and _shards_present(store, old):
+            return old, False
+
+    groups = [
+        ("train", "hr", [(s, s.rel.split("/", 1)[1].rsplit(".", 1)[0]) for s in src.hr], cfg.hr_tile),
+        ("train", "lr", [(s, s.rel.split("/", 1)[1].rsplit(".", 1)[0]) for s in src.lr], cfg.lr_tile),
+        ("val", "pair", [(pair, pair[0]) for pair in src.val], None),
+    ]
+    shards: list[dict] = []
+    counts: dict[str, int] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(src.hr) + len(src.lr) + len(src.val), desc="shards", unit="img", disable=None)
+
+    def flush(split: str, domain: str, rows: list) -> None:
+        data = _parquet_bytes(_table(rows))
+        digest = sha256(data)
+        name = f"{SHARD_DIR}/{split}-{domain}-{sum(s['split'] == split and s['domain'] == domain for s in shards):05d}-{digest[:12]}.parquet"  # noqa: E501
+        store.write_bytes(name, data)
+        shards.append({"name": name, "split": split, "domain": domain, "rows": len(rows), "bytes": len(data),
+                       "sha256": digest})
+
+    for split, domain, items, tile in groups:
+        rows: list = []
+        raw = 0
+        for item, name in items:
+            if split == "val":
+                _, lr, hr = item
+                imgs = [(decode_image(lr.path.read_bytes(), lr.rel), lr.rel, "lr"),
+                        (decode_image(hr.path.read_bytes(), hr.rel), hr.rel, "hr")]
+                lh, lw = imgs[0][0].shape[:2]
+                imgs[1] = (imgs[1][0][: lh * 4, : lw * 4], hr.rel, "hr")  # modcrop
+                new = [r for img, rel, dom in imgs for r in _rows_for_image(img, rel, name, "val", dom, None, 0)]
+                counts["val/pairs"] = counts.get("val/pairs", 0) + 1
+            else:
+                img = decode_image(item.path.read_bytes(), item.rel)
+                new = list(_rows_for_image(img, item.rel, name, split, domain, tile, cfg.overlap))
+                counts[f"{split}/{domain}/images"] = counts.get(f"{split}/{domain}/images", 0) + 1
+                counts[f"{split}/{domain}/tiles"] = counts.get(f"{split}/{domain}/tiles", 0) + len(new)
+            rows += new
+            raw += sum(r[8].nbytes for r in new)
+            if raw >= cfg.shard_bytes:
+                flush(split, domain, rows)
+                rows, raw = [], 0
+            if bar is not None:
+                bar.update(1)
+        if rows:
+            flush(split, domain, rows)
+    if bar is not None:
+        bar.close()
+    manifest["counts"] = counts
+    manifest["shards"] = shards
+    store.write_bytes(MANIFEST, _manifest_bytes(manifest))  # the commit
+    keep = {s["name"] for s in shards} | {MANIFEST}
+    for rel in store.list(""):
+        if rel.startswith(SHARD_DIR + "/") and rel not in keep or ".tmp-" in rel:
+            store.delete(rel)
+    return manifest, True
+
+
+def _shards_present(store: Store, manifest: dict) -> bool:
+    try:
+        return all(store.size(s["name"]) == s["bytes"] for s in manifest["shards"])
+    except (StorageError, TypeError, KeyError):
+        return False
+
+
+class Dataset:
+    """A committed shard dataset. Every shard read is checked against its sha256 from the manifest."""
+
+    def __init__(self, store: Store, manifest: dict):
+        self.store = store
+        self.uri = store.uri
+        self.manifest = manifest
+
+    def shards(self, split: str | None = None, domain: str | None = None) -> list[dict]:
+        return [
+            s
+            for s in self.manifest["shards"]
+            if (split is None or s["split"] == split) and (domain is None or s["domain"] == domain)
+        ]
+
+    def read_shard_bytes(self, name: str) -> bytes:
+        entry = next((s for s in self.manifest["shards"] if s["name"] == name), None)
+        if entry is None:
+            raise DataError(f"{self.store.uri_of(name)}: shard is not listed in the manifest")
+        try:
+            data = self.store.read_bytes(name)
+        except StorageError as e:
+            raise DataError(f"{self.store.uri_of(name)}: shard listed in the manifest is unreadable ({e})") from e
+        if sha256(data) != entry["sha256"]:
+            raise DataError(f"{self.store.uri_of(name)}: checksum mismatch (shard is corrupt or was modified)")
+        return data
+
+    def read_shard(self, name: str) -> pa.Table:
+        return pq.read_table(pa.BufferReader(self.read_shard_bytes(name)))
+
+    def verify(self) -> None:
+        for s in self.manifest["shards"]:
+            self.read_shard_bytes(s["name"])
+
+    def tiles(self, name: str) -> list[np.ndarray]:
+        """Decoded HWC uint8 tiles of one shard (zero-copy views of the shard's buffer)."""
+        return table_images(self.read_shard(name))
+
+    def val_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        lr: dict[str, np.ndarray] = {}
+        hr: dict[str, np.ndarray] = {}
+        for s in self.shards("val"):
+            t = self.read_shard(s["name"])
+            for i, d, img in zip(t.column("id").to_pylist(), t.column("domain").to_pylist(), table_images(t)):
+                (lr if d == "lr" else hr)[i] = img
+        return [(n, lr[n], hr[n]) for n in sorted(lr) if n in hr]
+
+
+def table_images(t: pa.Table) -> list[np.ndarray]:
+    hs = t.column("height").to_numpy()
+    ws = t.column("width").to_numpy()
+    cs = t.column("channels").to_numpy()
+    px = t.column("pixels").combine_chunks()
+    offsets = np.frombuffer(px.buffers()[1], dtype=np.int32)[px.offset : px.offset + len(px) + 1]
+    buf = np.frombuffer(px.buffers()[2], dtype=np.uint8)
+    out = []
+    for i in range(t.num_rows):
+        a = buf[offsets[i] : offsets[i + 1]]
+        if a.size != hs[i] * ws[i] * cs[i]:
+            raise DataError(f"row {i}: pixel buffer has {a.size} bytes, expected {hs[i]}x{ws[i]}x{cs[i]}")
+        out.append(a.reshape(int(hs[i]), int(ws[i]), int(cs[i])))
+    return out
+
+
+def open_dataset(uri: str, verify: bool = True, storage_options: dict | None = None) -> Dataset:
+    """Open a committed dataset: validates the manifest and (with ``verify``) every shard's checksum."""
+    store = open_store(uri, **(storage_options or {}))
+    ds = Dataset(store, read_manifest(store))
+    if verify:
+        ds.verify()
+    return ds
+
+
+def read_val_pairs(uri: str, storage_options: dict | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Validation pairs ``[(name, lr_uint8_HWC, hr_uint8_HWC)]``, sorted by name."""
+    return open_dataset(uri, verify=False, storage_options=storage_options).val_pairs()
+
+
+def prepare_dataset(
+    source: str,
+    output: str,
+    photos: str | None = None,
+    work_dir: str | None = None,
+    seed: int = 0,
+    cfg: ShardConfig | None = None,
+    skip_invalid: bool = False,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> tuple[dict, bool]:
+    """The ``prepare`` stage: ``source`` is ``"demo"`` (built into ``work_dir`` from the scikit-image
+    photos or ``photos``) or the path of an AIM19-layout folder; shards go to ``output`` (path or URI)."""
+    extra: dict = {"source": "aim19"}
+    if source == "demo":
+        from ots.data.demo import build_demo
+
+        work = Path(work_dir or "data/demo_src")
+        meta = build_demo(work, photos=photos, seed=seed, progress=progress)
+        extra = {"source": "demo", "seed": seed, "degradation": {k: meta[k] for k in ("lr", "val")},
+                 "split": {"hr": meta["hr"], "lr": sorted(meta["lr"]), "val": sorted(meta["val"])}}
+        src_dir = work
+    else:
+        src_dir = Path(os.path.expanduser(source))
+        deg = src_dir / "degradation.json"
+        if deg.is_file():
+            try:
+                meta = json.loads(deg.read_text())
+                extra["degradation"] = {k: meta[k] for k in ("lr", "val") if k in meta}
+            except ValueError:
+                pass
+    return build_shards(src_dir, output, cfg=cfg, skip_invalid=skip_invalid, extra=extra,
+                        storage_options=storage_options, progress=progress)

@@ -1,0 +1,33 @@
+"""One exception family, so every door can turn bad input into a one-line message."""
+
+
+class OTSError(Exception):
+    """A user-facing error: the message is one line that says what is wrong and where."""
+
+
+class ConfigError(OTSError, ValueError):
+    """Bad configuration: unknown names, invalid values, inconsistent sizes."""
+
+
+class WeightsNotFoundError(OTSError, FileNotFoundError):
+    """Pretrained backbone weights could not be resolved (nothing is ever downloaded)."""
+
+
+class NonFiniteLossError(OTSError, FloatingPointError):
+    """A loss became NaN/inf; names the step and the loss term."""
+
+
+class CheckpointError(OTSError):
+    """A checkpoint is missing, corrupt, or belongs to another architecture."""
+
+
+class StorageError(OTSError, OSError):
+    """A storage location cannot be used: unreachable endpoint, missing bucket/credentials, no permission."""
+
+
+class DataError(OTSError, ValueError):
+    """Bad input data or a damaged dataset: corrupt images, wrong sizes, missing manifest, checksum mismatch."""
+
+
+class InferenceError(OTSError):
+    """Inference input/output problems: missing or unreadable images, unwritable outputs, bad model output."""

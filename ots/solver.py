@@ -1,0 +1,307 @@
+"""The OTS step (sup_f inf_T), the content-regularized GAN baseline (inf_T sup_f), and checkpoints.
+
+OTS solves   sup_f inf_T  E_P[ c(x, T(x)) - f(T(x)) ] + E_Q[ f(y) ]
+with an unconstrained potential f: k_T map updates (inner inf over T, each on a fresh LR batch), then one
+potential update (outer sup over f). No gradient penalty, no clipping: f is a Lagrange multiplier for T#P = Q.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ots.costs import unwrap
+from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
+
+
+@dataclass
+class SolverConfig:
+    k_T: int = 15                 # map updates per potential update (OTS) / critic updates per map update (GAN)
+    lr_map: float = 1e-4
+    lr_potential: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    bf16: bool = False            # bf16 autocast for forward passes
+    channels_last: bool = False   # NHWC memory format for conv nets
+    compile: bool = False         # torch.compile both networks
+    fused: bool | None = None     # fused Adam; None = when the device supports it (CUDA)
+    check_every: int = 1          # host-sync finiteness check every N steps (0 = only when asked)
+    # GAN baseline only
+    lam: float = 1.0              # weight of the content cost (the GAN's λ)
+    gp: float = 10.0              # WGAN-GP gradient penalty weight
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SolverConfig:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown solver option(s): {', '.join(unknown)}")
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        cfg = cls(**d)
+        if cfg.k_T < 1:
+            raise ConfigError(f"k_T must be >= 1, got {cfg.k_T}")
+        if not (cfg.lr_map > 0 and cfg.lr_potential > 0):
+            raise ConfigError(f"learning rates must be > 0, got {cfg.lr_map}, {cfg.lr_potential}")
+        return cfg
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """No parameter gradients for `module` inside the block (gradients still flow through it)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class _Solver:
+    """What both solvers share: device placement, optimizers, DDP, autocast, finiteness watch, state."""
+
+    TERMS: tuple[str, ...] = ()
+
+    def __init__(self, T: nn.Module, f: nn.Module, cost: nn.Module, reference: nn.Module,
+                 config: SolverConfig | dict | None = None, device: str | torch.device | None = None,
+                 distributed: bool | None = None):
+        self.cfg = config if isinstance(config, SolverConfig) else SolverConfig.from_dict(config)
+        self.device = torch.device(device) if device is not None else _default_device()
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        self.T, self.f = (m.to(self.device, memory_format=fmt) for m in (T, f))
+        self.cost = cost.to(self.device).eval()
+        self.reference = reference.to(self.device)
+        fused = self.cfg.fused if self.cfg.fused is not None else self.device.type == "cuda"
+        adam = dict(betas=self.cfg.betas, fused=True) if fused else dict(betas=self.cfg.betas)
+        self.opt_T = torch.optim.Adam(self.T.parameters(), lr=self.cfg.lr_map, **adam)
+        self.opt_f = torch.optim.Adam(self.f.parameters(), lr=self.cfg.lr_potential, **adam)
+        # Plain (possibly compiled) networks for passes that need no gradient sync; DDP wrappers for training.
+        self.T_net = torch.compile(self.T) if self.cfg.compile else self.T
+        self.f_net = torch.compile(self.f) if self.cfg.compile else self.f
+        if distributed is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.T_train, self.f_train = DDP(self.T_net, device_ids=ids), DDP(self.f_net, device_ids=ids)
+        else:
+            self.T_train, self.f_train = self.T_net, self.f_net
+        self.step_count = 0  # outer steps done
+        self._first_bad = torch.full((len(self.TERMS),), -1, dtype=torch.long, device=self.device)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def prepare(self, batch: torch.Tensor, what: str) -> torch.Tensor:
+        """Validate on the host (no device sync) and move to the device in the training memory format."""
+        if not isinstance(batch, torch.Tensor) or batch.dim() < 2:
+            raise ConfigError(f"{what} batch must be a tensor (B, ...), got {type(batch).__name__}")
+        if batch.shape[0] == 0:
+            raise ConfigError(f"{what} batch is empty")
+        if batch.device.type == "cpu" and not torch.isfinite(batch).all():
+            raise ConfigError(f"{what} batch contains NaN or inf values")
+        batch = batch.to(self.device, non_blocking=True)
+        if batch.dim() == 4 and self.cfg.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _watch(self, **losses: torch.Tensor) -> None:
+        """Remember (on the device, without syncing) the first outer step at which each term went non-finite."""
+        for i, term in enumerate(self.TERMS):
+            bad = ~torch.isfinite(losses[term].detach().float())
+            cur = self._first_bad[i]
+            self._first_bad[i] = torch.where(bad & (cur < 0), self.step_count, cur)
+        if self.cfg.check_every and self.step_count % self.cfg.check_every == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """One host sync: raise if any loss term has been NaN/inf, naming the step and the term."""
+        for term, step in zip(self.TERMS, self._first_bad.tolist()):
+            if step >= 0:
+                raise NonFiniteLossError(f"non-finite {term} at step {step} ({type(self).__name__})")
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "map": unwrap(self.T).state_dict(),
+            "potential": unwrap(self.f).state_dict(),
+            "opt_map": self.opt_T.state_dict(),
+            "opt_potential": self.opt_f.state_dict(),
+            "step": self.step_count,
+            "reference": self.reference.state() if hasattr(self.reference, "state") else {},
+            "solver": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            "kind": type(self).__name__,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            unwrap(self.T).load_state_dict(state["map"])
+            unwrap(self.f).load_state_dict(state["potential"])
+            self.opt_T.load_state_dict(state["opt_map"])
+            self.opt_f.load_state_dict(state["opt_potential"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint does not fit these networks: {_first_line(e)}") from e
+        self.step_count = int(state["step"])
+        if hasattr(self.reference, "load_state"):
+            self.reference.load_state(state.get("reference", {}), self.T)
+
+
+class OTSSolver(_Solver):
+    """Neural optimal transport: k_T map updates, then one potential update."""
+
+    TERMS = ("loss_map", "loss_potential")
+
+    def step(self, next_lr: Batches, next_hr: Batches) -> dict[str, torch.Tensor]:
+        T, f, c, R = self.T_train, self.f_train, self.cost, self.reference
+
+        # inf_T: k_T map updates on fresh LR batches; f is held fixed (no gradient for its parameters).
+        with frozen(self.f):
+            for _ in range(self.cfg.k_T):
+                x = self.prepare(next_lr(), "LR")
+                with self.autocast():
+                    Tx = T(x)
+                    cost = c(R(x), Tx).mean()
+                    loss_map = cost - self.f_net(Tx).mean()
+                self.opt_T.zero_grad(set_to_none=True)
+                loss_map.backward()
+                self.opt_T.step()
+
+        # sup_f: one potential update on a fresh LR batch and a fresh HR batch.
+        x, y = self.prepare(next_lr(), "LR"), self.prepare(next_hr(), "HR")
+        with torch.no_grad(), self.autocast():
+            Tx = self.T_net(x)
+        with self.autocast():
+            loss_potential = f(Tx).mean() - f(y).mean()
+        self.opt_f.zero_grad(set_to_none=True)
+        loss_potential.backward()
+        self.opt_f.step()
+
+        self.step_count += 1
+        if hasattr(R, "maybe_anchor"):
+            R.maybe_anchor(self.T, self.step_count)
+        self._watch(loss_map=loss_map, loss_potential=loss_potential)
+        return {"loss_map": loss_map.detach(), "loss_potential": loss_potential.detach(), "cost": cost.detach()}
+
+
+class RegularizedGAN(_Solver):
+    """Content-regularized WGAN-GP baseline: inf_T sup_f λ·E_P[c(x, T(x))] − E_P[f(T(x))] + E_Q[f(y)].
+
+    k_T critic updates (with gradient penalty) per map update. Biased: its T need not push P to Q.
+    """
+
+    TERMS = ("loss_map", "loss_critic")
+
+    def step(self, next_lr: Batches, next_hr: Batches) -> dict[str, torch.Tensor]:
+        T, f, c, R = self.T_train, self.f_train, self.cost, self.reference
+
+        # sup_f: k_T critic updates, f kept ~1-Lipschitz by the gradient penalty.
+        for _ in range(self.cfg.k_T):
+            x, y = self.prepare(next_lr(), "LR"), self.prepare(next_hr(), "HR")
+            with torch.no_grad(), self.autocast():
+                Tx = self.T_net(x)
+            with self.autocast():
+                loss_critic = f(Tx).mean() - f(y).mean() + self.cfg.gp * gradient_penalty(f, y, Tx.to(y.dtype))
+            self.opt_f.zero_grad(set_to_none=True)
+            loss_critic.backward()
+            self.opt_f.step()
+
+        # inf_T: one map update.
+        x = self.prepare(next_lr(), "LR")
+        with frozen(self.f), self.autocast():
+            Tx = T(x)
+            cost = c(R(x), Tx).mean()
+            loss_map = self.cfg.lam * cost - self.f_net(Tx).mean()
+        self.opt_T.zero_grad(set_to_none=True)
+        loss_map.backward()
+        self.opt_T.step()
+
+        self.step_count += 1
+        self._watch(loss_map=loss_map, loss_critic=loss_critic)
+        return {"loss_map": loss_map.detach(), "loss_critic": loss_critic.detach(), "cost": cost.detach()}
+
+
+def gradient_penalty(f: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """E[(‖∇f(x̂)‖ − 1)²] on random interpolates x̂ (Gulrajani et al., 2017)."""
+    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+    t = torch.rand(shape, device=real.device, dtype=real.dtype)
+    xi = (t * real + (1 - t) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(xi).sum(), xi, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+SOLVERS = {"ots": OTSSolver, "gan": RegularizedGAN}
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, solver: _Solver, config: dict | None = None,
+                    extra: dict | None = None) -> None:
+    """Atomic write (temp name + rename) of everything needed to resume, plus the run config."""
+    state = solver.state_dict()
+    state["config"] = config or {}
+    state["extra"] = extra or {}
+    state["rng"] = {"torch": torch.get_rng_state()}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Tensors and plain containers only (weights_only=True)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt/unsafe files become one line
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
+    if not isinstance(state, dict) or "map" not in state:
+        raise CheckpointError(f"{path} is not an OTS checkpoint (no 'map' entry)")
+    return state
+
+
+def resume(solver: _Solver, path: str | os.PathLike, restore_rng: bool = True) -> dict:
+    state = load_checkpoint(path)
+    solver.load_state_dict(state)
+    if restore_rng and "rng" in state:
+        torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained map T from a checkpoint, in eval mode, built from the config stored with it."""
+    from ots.models import build_map
+
+    state = load_checkpoint(path)
+    map_config = (state.get("config") or {}).get("model", {}).get("map")
+    if not map_config:
+        raise CheckpointError(f"{path} holds no map config (config.model.map)")
+    model = build_map(map_config)
+    try:
+        model.load_state_dict(state["map"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {_first_line(e)}") from e
+    return model.to(device).eval()
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(e).__name__

@@ -1,0 +1,85 @@
+"""DVC stage ``prepare``: demo set or AIM19 folder -> Parquet shards + manifest at ``data.output``.
+
+    python -m pipelines.prepare --params params.yaml
+
+Reads the ``data:`` section of params.yaml. The output may be a local folder or ``s3://bucket/prefix``
+(endpoint and credentials from the environment). A local copy of the committed manifest is written to
+``data.manifest_copy`` for DVC to track.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULTS = {
+    "source": "demo",
+    "photos": None,
+    "work_dir": "data/demo_src",
+    "output": "data/demo",
+    "manifest_copy": "data/manifest.json",
+    "seed": 0,
+    "hr_tile": 480,
+    "lr_tile": 120,
+    "hr_crop": 128,
+    "lr_crop": 32,
+    "overlap": 0.25,
+    "shard_mb": 64,
+    "skip_invalid": False,
+}
+
+
+def load_params(path: str | Path) -> dict:
+    import yaml
+
+    from ots.errors import ConfigError
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read params ({e})") from e
+    section = doc.get("data") or {}
+    unknown = sorted(set(section) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys in data section: {', '.join(unknown)}")
+    return {**DEFAULTS, **section}
+
+
+def run(params: dict, progress: bool = True) -> dict:
+    from ots.data.shards import ShardConfig, prepare_dataset
+
+    cfg = ShardConfig(hr_tile=int(params["hr_tile"]), lr_tile=int(params["lr_tile"]),
+                      hr_crop=int(params["hr_crop"]), lr_crop=int(params["lr_crop"]),
+                      overlap=float(params["overlap"]), shard_bytes=int(float(params["shard_mb"]) * (1 << 20)))
+    manifest, written = prepare_dataset(
+        str(params["source"]), str(params["output"]), photos=params["photos"], work_dir=params["work_dir"],
+        seed=int(params["seed"]), cfg=cfg, skip_invalid=bool(params["skip_invalid"]), progress=progress,
+    )
+    copy = params.get("manifest_copy")
+    if copy:
+        p = Path(copy)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    print(json.dumps({"output": params["output"], "written": written, "counts": manifest["counts"],
+                      "shards": len(manifest["shards"])}))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ots.errors import OTSError
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        run(load_params(args.params))
+    except OTSError as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+import argparse
+import hashlib
+import json
+import uuid
+
+import pytest
+import yaml
+
+from ots.data.demo import build_demo
+from ots.data.shards import open_dataset
+from ots.data.sources import load_image, scan_aim19
+from ots.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo") / "src"
+
+
+def test_demo_set_is_aim19_like_disjoint_and_deterministic(demo_dir, tmp_path):
+    meta = build_demo(demo_dir, seed=0, progress=False)
+    hr, lr, val = set(meta["hr"]), set(meta["lr"]), set(meta["val"])
+    assert hr and lr and val and not (hr & lr) and not (hr & val) and not (lr & val)
+    src = scan_aim19(demo_dir)
+    assert not src.invalid and not src.fatal
+    for name, lr_img, hr_img in src.val:
+        assert (hr_img.height, hr_img.width) == (lr_img.height * 4, lr_img.width * 4)
+        assert meta["val"][name]["scale"] == 4
+    for p in meta["lr"].values():
+        assert p["kernel"] in ("isotropic", "anisotropic") and p["noise"] in ("gaussian", "poisson")
+        assert 40 <= p["jpeg_quality"] <= 90
+    again = build_demo(tmp_path / "again", seed=0, progress=False)
+    files = sorted(p.relative_to(demo_dir) for p in demo_dir.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
+    assert all((demo_dir / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
+    assert again == meta
+    other = build_demo(tmp_path / "seed1", seed=1, progress=False)
+    assert other["lr"] != meta["lr"]
+
+
+def test_demo_from_user_photos(tmp_path):
+    from conftest import write_png
+
+    for i in range(4):
+        write_png(tmp_path / "photos" / f"p{i}.png", 160, 200, i)
+    meta = build_demo(tmp_path / "out", photos=tmp_path / "photos", seed=0, progress=False)
+    assert len(meta["hr"]) + len(meta["lr"]) + len(meta["val"]) == 4
+    lr_name = next(iter(meta["lr"]))
+    assert load_image(tmp_path / "out" / "train_noisy" / f"{lr_name}.png").shape == (40, 50, 3)
+    with pytest.raises(DataError, match="at least 3 photos"):
+        build_demo(tmp_path / "none", photos=tmp_path / "empty", progress=False)
+
+
+def write_params(path, **data):
+    path.write_text(yaml.safe_dump({"seed": 0, "data": data}))
+    return path
+
+
+def test_prepare_stage_local(aim19_dir, tmp_path, monkeypatch):
+    from conftest import TINY
+
+    from pipelines import prepare
+
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path / "params.yaml", source=str(aim19_dir), output="data/ds",
+                          manifest_copy="data/manifest.json", shard_mb=0.05, **TINY)
+    assert prepare.main(["--params", str(params)]) == 0
+    committed = (tmp_path / "data/ds/manifest.json").read_bytes()
+    assert (tmp_path / "data/manifest.json").read_bytes() == committed
+    ds = open_dataset("data/ds")
+    assert ds.manifest["counts"]["val/pairs"] == 2 and len(ds.manifest["shards"]) >= 3
+    write_params(params, bogus=1)
+    assert prepare.main(["--params", str(params)]) == 2
+
+
+def test_prepare_stage_s3(aim19_dir, tmp_path, s3_env, capsys):
+    from conftest import TINY
+
+    from pipelines import prepare
+
+    bucket = f"ots-{uuid.uuid4().hex[:8]}"
+    uri = f"s3://{bucket}/datasets/aim19"
+    params = write_params(tmp_path / "params.yaml", source=str(aim19_dir), output=uri,
+                          manifest_copy=str(tmp_path / "manifest.json"), shard_mb=0.05, **TINY)
+    assert prepare.main(["--params", str(params)]) == 0
+    keys = sorted(o["Key"] for o in s3_env.list_objects_v2(Bucket=bucket)["Contents"])
+    manifest = json.loads(s3_env.get_object(Bucket=bucket, Key="datasets/aim19/manifest.json")["Body"].read())
+    expected = ["datasets/aim19/manifest.json"] + [f"datasets/aim19/{s['name']}" for s in manifest["shards"]]
+    assert keys == sorted(expected)
+    for s in manifest["shards"]:
+        body = s3_env.get_object(Bucket=bucket, Key=f"datasets/aim19/{s['name']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == s["sha256"]
+    assert "testing" not in json.dumps(manifest)  # no credentials in the manifest
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    pairs = open_dataset(uri).val_pairs()
+    assert [n for n, _, _ in pairs] == ["0801", "0802"] and pairs[0][2].shape == (128, 128, 3)
+    capsys.readouterr()
+    assert prepare.main(["--params", str(params)]) == 0
+    assert json.loads(capsys.readouterr().out)["written"] is False
+    from ots.data.loader import CropStream
+
+    x = next(iter(CropStream(uri, "hr", crop=64, batch_size=2)))
+    assert x.shape == (2, 3, 64, 64)
+
+
+def test_cli_verbs(aim19_dir, tmp_path, capsys):
+    from ots.data import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers(dest="command"))
+    out = str(tmp_path / "ds")
+    args = parser.parse_args(["data", "prepare", "--source", str(aim19_dir), "--out", out, "--hr-tile", "96",
+                              "--lr-tile", "24", "--hr-crop", "64", "--lr-crop", "16"])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["written"] is True
+    args = parser.parse_args(["data", "info", out])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["val/pairs"] == 2
+    args = parser.parse_args(["data", "info", str(tmp_path / "nothing")])
+    with pytest.raises(DataError, match="not a dataset"):
+        args.func(args)
