@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ots bench gaussian --dim 16 --out bench/gaussian_d16.json
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,11 +18,14 @@ COMMAND_MODULES = [
     "ots.bench",
     "ots.infer",
     "ots.data.cli",
+    "ots.evaluate",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ots", description="OTS: unpaired image super-resolution with neural optimal transport maps."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)

@@ -7,7 +7,6 @@ map every N potential steps (a proximal step: the map moves away from its last a
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,33 +75,15 @@ class LPIPSCost(nn.Module):
 
     def __init__(self, net: str = "alex", weights: str | None = None):
         super().__init__()
-        self.model = build_lpips(net, weights).requires_grad_(False)
+        from ots.metrics.perceptual import build_lpips
+
+        self.model = build_lpips(net, weights)
 
     def train(self, mode: bool = True):
         return super().train(False)
 
     def forward(self, ref, y):
         return self.model(ref, y, normalize=False).flatten()
-
-
-def build_lpips(net: str = "alex", weights: str | None = None) -> nn.Module:
-    """lpips.LPIPS without its torchvision download: backbone from our resolver, linear heads from the package."""
-    import lpips
-
-    names = {"alex": "alexnet", "vgg": "vgg16"}
-    if net not in names:
-        raise ConfigError(f"LPIPS backbone must be one of {', '.join(names)}, got {net!r}")
-    path = resolve_weights(names[net], weights)
-    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=` flag
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    if path != RANDOM:
-        state = load_state_dict(path)
-        features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        for i in range(1, model.net.N_slices + 1):
-            sl = getattr(model.net, f"slice{i}")
-            sl.load_state_dict({k: features[k] for k in sl.state_dict()}, strict=True)
-    return model.eval()
 
 
 COSTS = {"mse": MSECost, "l1": L1Cost, "vgg": VGGCost, "lpips": LPIPSCost}

@@ -1,0 +1,211 @@
+"""DVC stage ``evaluate``: bicubic vs the trained map (and the GAN baseline, if given) on the full val images.
+
+    python -m pipelines.evaluate --params params.yaml
+
+Reads the ``evaluate:`` section of params.yaml and ``data.output``; the map comes from ``evaluate.checkpoint`` or
+the training stage's ``run.json`` (``final_checkpoint``). Writes, in ``evaluate.out``: ``metrics.json`` (DVC
+metrics), ``metrics.md``, ``per_image.csv`` (DVC plots: per-image PSNR/SSIM) and ``grid.png``, and logs the
+metrics (``val_psnr``, ``val_ssim``, ``val_swd``, ``val_lpips``/``val_fid`` when their weights exist,
+``val_bicubic_*``, ``val_gan_*``) and those files to the training run in MLflow. Unavailable metrics are null
+in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULTS = {
+    "run_info": "outputs/train/run.json",
+    "checkpoint": None,  # default: run.json's final_checkpoint, else outputs/train/final.pt
+    "gan_checkpoint": None,
+    "out": "outputs/evaluate",
+    "tile": 256,
+    "overlap": 32,
+    "device": "auto",
+    "precision": "auto",
+    "lpips_net": "alex",
+    "lpips_weights": None,
+    "inception_weights": None,
+    "fid_crop": 128,
+    "max_images": 0,
+    "grid_images": 4,
+    "grid_crop": 256,
+    "mlflow": True,
+}
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+METRIC_PREFIX = "val_"
+
+
+# ----------------------------------------------------------------------------------------------------- params
+
+
+def load_params(path: str | Path) -> dict:
+    """The whole params.yaml (one-line ConfigError when unreadable)."""
+    import yaml
+
+    from ots.errors import ConfigError
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read params ({str(e).splitlines()[0]})") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: params must be a mapping")
+    return doc
+
+
+def section(doc: dict, name: str, defaults: dict, path: str | Path = "params.yaml") -> dict:
+    from ots.errors import ConfigError
+
+    sec = doc.get(name) or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{path}: section {name!r} must be a mapping")
+    unknown = sorted(set(sec) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys in {name} section: {', '.join(unknown)}")
+    return {**defaults, **sec}
+
+
+def read_run_info(path: str | Path, required: bool = True) -> dict:
+    """The training stage's run.json ({} when absent and not required)."""
+    from ots.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        if required:
+            raise ConfigError(f"{p} not found: run the train stage first (or set the checkpoint explicitly)")
+        return {}
+    try:
+        info = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: not a readable run.json ({e})") from e
+    if not isinstance(info, dict):
+        raise ConfigError(f"{p}: run.json must be a JSON object")
+    return info
+
+
+def tracking_uri(doc: dict, run_info: dict) -> str:
+    """$MLFLOW_TRACKING_URI > run.json's tracking_uri > params train.mlflow.tracking_uri > sqlite:///mlflow.db."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if run_info.get("tracking_uri"):
+        return str(run_info["tracking_uri"])
+    train = doc.get("train") or {}
+    ml = train.get("mlflow") if isinstance(train, dict) else None
+    if isinstance(ml, dict) and ml.get("tracking_uri"):
+        return str(ml["tracking_uri"])
+    return DEFAULT_TRACKING_URI
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``val_<metric>`` for the OTS map, ``val_<method>_<metric>`` for the others; unavailable metrics left out."""
+    from ots.evaluate import METRICS
+
+    out = {}
+    for method, vals in results.get("methods", {}).items():
+        prefix = METRIC_PREFIX if method == "ots" else f"{METRIC_PREFIX}{method}_"
+        for m in METRICS:
+            if vals.get(m) is not None:
+                out[f"{prefix}{m}"] = float(vals[m])
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- run
+
+
+def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
+    from ots.data import read_val_pairs
+    from ots.errors import ConfigError
+    from ots.evaluate import load_model as load_any
+    from ots.evaluate import markdown_table, score_outputs, upscale_pairs, write_report
+    from ots.infer import resolve_device
+
+    p = section(doc, "evaluate", DEFAULTS, params_path)
+    data = doc.get("data") or {}
+    if not data.get("output"):
+        raise ConfigError(f"{params_path}: data.output (the prepared dataset) is not set")
+    info = read_run_info(p["run_info"], required=p["checkpoint"] is None)
+    ckpt = p["checkpoint"] or info.get("final_checkpoint") or "outputs/train/final.pt"
+    uri = tracking_uri(doc, info)
+    sources = [str(ckpt)] + ([str(p["gan_checkpoint"])] if p["gan_checkpoint"] else [])
+    if not all(Path(s).is_file() for s in sources):  # runs:/, models:/ or run-id sources resolve through MLflow
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+
+    pairs = read_val_pairs(str(data["output"]))
+    if p["max_images"]:
+        pairs = pairs[: int(p["max_images"])]
+    device = resolve_device(p["device"])
+    maps = {"ots": load_any(str(ckpt), device)}
+    if p["gan_checkpoint"]:
+        maps["gan"] = load_any(str(p["gan_checkpoint"]), device)
+    tile = int(p["tile"]) or None
+    outputs = upscale_pairs(pairs, maps, tile=tile, overlap=int(p["overlap"]), device=device,
+                            precision=p["precision"])
+    results = score_outputs(pairs, outputs, lpips_weights=p["lpips_weights"], lpips_net=p["lpips_net"],
+                            inception_weights=p["inception_weights"], device=device, fid_crop=int(p["fid_crop"]),
+                            seed=int(doc.get("seed", 0) or 0))
+    results["tiling"] = {"tile": tile, "overlap": int(p["overlap"])}
+    results["checkpoint"] = str(ckpt)
+    results["gan_checkpoint"] = p["gan_checkpoint"]
+    files = write_report(p["out"], pairs, outputs, results, grid_images=int(p["grid_images"]),
+                         grid_crop=int(p["grid_crop"]) or None)
+    print(markdown_table(results), end="")
+    if p["mlflow"] and info.get("mlflow_run_id"):
+        log_to_mlflow(uri, str(info["mlflow_run_id"]), results, files, step=int(info.get("steps") or 0))
+    elif p["mlflow"]:
+        print("evaluate: no mlflow_run_id in run.json; metrics not logged to MLflow", file=sys.stderr)
+    return results
+
+
+def log_to_mlflow(uri: str, run_id: str, results: dict, files: dict[str, Path], step: int = 0) -> None:
+    """Metrics at the training run's final ``step`` (the run may already hold in-training ``val_*`` points)."""
+    import mlflow
+
+    from ots.errors import ConfigError
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"MLflow run {run_id} not found at the tracking server ({uri.split('://')[0]}://...)") \
+            from e
+    metrics = flat_metrics(results)
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v, step=step)
+    client.set_tag(run_id, "evaluate.n_images", str(results["n_images"]))
+    for metric, reason in results.get("unavailable", {}).items():
+        client.set_tag(run_id, f"evaluate.unavailable.{metric}", reason[:4000])
+    for path in files.values():
+        client.log_artifact(run_id, str(path), artifact_path="evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ots.errors import OTSError
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        run(load_params(args.params), args.params)
+    except OTSError as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MLflow failures (server down, permissions): one line, not a traceback
+        if type(e).__module__.split(".")[0] != "mlflow":
+            raise
+        msg = " ".join(str(e).split())[:500]
+        print(f"evaluate: error: MLflow: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""DVC stage ``register``: log the served model into the training run, register a version, gate the champion.
+
+    python -m pipelines.register --params params.yaml
+
+Logs the :mod:`pipelines.serving` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
+registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``) and
+moves the alias ``register.alias`` (``champion``) to it only when it beats the current champion on
+``register.metric`` (``greater_is_better``). Ties, a missing metric on the new version, and a champion without
+that metric keep the old champion. The decision and its reason go to the version's description and to tags
+``champion.decision`` / ``champion.reason`` / ``champion.previous``; ``register.out`` (``result.json``) records
+them for DVC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.evaluate import flat_metrics, load_params, read_run_info, section, tracking_uri
+
+DEFAULTS = {
+    "model_name": "ots-sr",
+    "alias": "champion",
+    "metric": "val_psnr",
+    "greater_is_better": True,
+    "metrics_file": "outputs/evaluate/metrics.json",
+    "run_info": "outputs/train/run.json",
+    "checkpoint": None,  # default: run.json's final_checkpoint
+    "out": "outputs/register/result.json",
+}
+SERVE_DEFAULTS = {
+    "tile": 256,
+    "overlap": 32,
+    "max_pixels": 2048 * 2048,
+    "max_bytes": 20 * 1024 * 1024,
+    "device": "auto",
+    "precision": "auto",
+}
+METRIC_TAG = "metric."
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def decide(new: float | None, current: float | None, *, has_champion: bool, metric: str,
+           greater_is_better: bool = True, current_version: str | None = None) -> tuple[bool, str]:
+    """(move the alias?, why). Only a strict improvement moves it."""
+    new, current = _number(new), _number(current)
+    if new is None:
+        return False, f"not promoted: this version has no {metric}"
+    if not has_champion:
+        return True, f"promoted: no champion yet ({metric}={new:.6g})"
+    who = f"champion v{current_version}" if current_version else "the champion"
+    if current is None:
+        return False, f"not promoted: {who} has no {metric} to compare with; it stays"
+    if new == current:
+        return False, f"not promoted: {metric}={new:.6g} ties {who}; ties keep the champion"
+    better = new > current if greater_is_better else new < current
+    direction = "higher" if greater_is_better else "lower"
+    if better:
+        return True, f"promoted: {metric}={new:.6g} beats {who} ({current:.6g}; {direction} is better)"
+    return False, f"not promoted: {metric}={new:.6g} does not beat {who} ({current:.6g}; {direction} is better)"
+
+
+def _champion(client, name: str, alias: str, metric: str):
+    """(version or None, its metric or None): from its ``metric.<name>`` tag, else its run's metrics."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    value = _number((mv.tags or {}).get(METRIC_TAG + metric))
+    if value is None and mv.run_id:
+        try:
+            value = _number(client.get_run(mv.run_id).data.metrics.get(metric))
+        except MlflowException:
+            value = None
+    return mv, value
+
+
+def register_version(model_uri: str, model_name: str, metrics: dict[str, float], *, run_id: str | None = None,
+                     metric: str = "val_psnr", greater_is_better: bool = True, alias: str = "champion") -> dict:
+    """Register ``model_uri`` as a new version of ``model_name`` and gate the alias (global tracking URI)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    mv = mlflow.register_model(model_uri, model_name)
+    version = str(mv.version)
+    for k, v in sorted(metrics.items()):
+        if _number(v) is not None:
+            client.set_model_version_tag(model_name, version, METRIC_TAG + k, repr(float(v)))
+    champ, champ_value = _champion(client, model_name, alias, metric)
+    if champ is not None and str(champ.version) == version:  # cannot happen for a fresh version; be safe
+        champ, champ_value = None, None
+    move, reason = decide(metrics.get(metric), champ_value, has_champion=champ is not None, metric=metric,
+                          greater_is_better=greater_is_better, current_version=champ and str(champ.version))
+    if move:
+        client.set_registered_model_alias(model_name, alias, version)
+    previous = str(champ.version) if champ is not None else ""
+    client.set_model_version_tag(model_name, version, "champion.decision", "promoted" if move else "kept")
+    client.set_model_version_tag(model_name, version, "champion.reason", reason)
+    client.set_model_version_tag(model_name, version, "champion.previous", previous or "none")
+    client.update_model_version(model_name, version, description=f"{alias}: {reason}")
+    return {"model_name": model_name, "version": version, "model_uri": model_uri, "run_id": run_id or mv.run_id,
+            "alias": alias, "alias_moved": move, "champion": version if move else (previous or None),
+            "previous_champion": previous or None, "metric": metric, "value": _number(metrics.get(metric)),
+            "champion_value": champ_value, "greater_is_better": greater_is_better, "reason": reason,
+            "metrics": {k: float(v) for k, v in metrics.items() if _number(v) is not None}}
+
+
+def _metrics(reg: dict, run_id: str) -> dict[str, float]:
+    """Evaluation metrics: the evaluate stage's metrics.json, else the run's ``val_*`` metrics."""
+    import mlflow
+
+    from ots.errors import ConfigError
+
+    f = Path(reg["metrics_file"]) if reg["metrics_file"] else None
+    if f is not None and f.is_file():
+        try:
+            return flat_metrics(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{f}: unreadable metrics ({e})") from e
+    run = mlflow.MlflowClient().get_run(run_id)
+    return {k: v for k, v in run.data.metrics.items() if k.startswith("val_")}
+
+
+def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
+    import mlflow
+
+    from ots.errors import ConfigError
+    from pipelines.serving import log_pyfunc_model
+
+    reg = section(doc, "register", DEFAULTS, params_path)
+    serve = section(doc, "serve", SERVE_DEFAULTS, params_path)
+    info = read_run_info(reg["run_info"])
+    run_id = info.get("mlflow_run_id")
+    if not run_id:
+        raise ConfigError(f"{reg['run_info']}: no mlflow_run_id; the train stage must log to MLflow")
+    ckpt = reg["checkpoint"] or info.get("final_checkpoint") or "outputs/train/final.pt"
+    mlflow.set_tracking_uri(tracking_uri(doc, info))
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise ConfigError(f"MLflow run {run_id} not found at the tracking server") from e
+    metrics = _metrics(reg, run_id)
+    model_info = log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]),
+                                  overlap=int(serve["overlap"]), max_pixels=int(serve["max_pixels"]),
+                                  max_bytes=int(serve["max_bytes"]), device=serve["device"],
+                                  precision=serve["precision"])
+    result = register_version(model_info.model_uri, str(reg["model_name"]), metrics, run_id=run_id,
+                              metric=str(reg["metric"]), greater_is_better=bool(reg["greater_is_better"]),
+                              alias=str(reg["alias"]))
+    result["checkpoint"] = str(ckpt)
+    out = Path(reg["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out)
+    print(f"register: {result['model_name']} v{result['version']}: {result['reason']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ots.errors import OTSError
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        run(load_params(args.params), args.params)
+    except OTSError as e:
+        print(f"register: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # MLflow failures (server down, permissions): one line, not a traceback
+        if type(e).__module__.split(".")[0] != "mlflow":
+            raise
+        msg = " ".join(str(e).split())[:500]
+        print(f"register: error: MLflow: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

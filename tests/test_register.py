@@ -1,0 +1,111 @@
+"""The registry gate: the champion alias moves only on a strict improvement; the `register` stage end to end."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import yaml
+
+pytest.importorskip("mlflow")
+
+import mlflow  # noqa: E402
+
+from pipelines import register  # noqa: E402
+
+
+def test_decide_rules():
+    d = register.decide
+    assert d(20.0, None, has_champion=False, metric="val_psnr") == (True, "promoted: no champion yet (val_psnr=20)")
+    assert d(21.0, 20.0, has_champion=True, metric="val_psnr")[0] is True
+    assert d(19.0, 20.0, has_champion=True, metric="val_psnr")[0] is False
+    move, why = d(20.0, 20.0, has_champion=True, metric="val_psnr", current_version="3")
+    assert not move and "ties champion v3" in why
+    assert d(None, 20.0, has_champion=True, metric="val_psnr") == (False, "not promoted: this version has no val_psnr")
+    assert d(float("nan"), None, has_champion=False, metric="val_psnr")[0] is False
+    assert d(21.0, None, has_champion=True, metric="val_psnr")[0] is False  # champion without the metric stays
+    assert d(0.1, 0.2, has_champion=True, metric="val_lpips", greater_is_better=False)[0] is True
+    assert d(0.3, 0.2, has_champion=True, metric="val_lpips", greater_is_better=False)[0] is False
+
+
+@pytest.fixture
+def tracking(mlflow_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment(f"register-{uuid.uuid4().hex[:8]}")
+    return mlflow_server
+
+
+def write_stage_inputs(tmp_path, run_id: str, tracking_uri: str, ckpt, psnr: float | None, name: str):
+    (tmp_path / "outputs/train").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outputs/evaluate").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outputs/train/run.json").write_text(json.dumps({
+        "mlflow_run_id": run_id, "tracking_uri": tracking_uri, "experiment": "x", "steps": 1,
+        "final_checkpoint": str(ckpt)}))
+    methods = {"bicubic": {"psnr": 19.0, "ssim": 0.5, "lpips": None, "fid": None, "swd": 10.0},
+               "ots": {"psnr": psnr, "ssim": 0.6, "lpips": None, "fid": None, "swd": 8.0}}
+    (tmp_path / "outputs/evaluate/metrics.json").write_text(json.dumps({"methods": methods, "unavailable": {}}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"register": {"model_name": name},
+                                      "serve": {"tile": 16, "overlap": 4, "max_pixels": 10_000}}))
+    return params
+
+
+@pytest.mark.slow
+def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
+    from test_serving import make_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "final.pt")
+    name = f"ots-sr-{uuid.uuid4().hex[:8]}"
+    client = mlflow.MlflowClient()
+
+    # v1 through the stage: logs the pyfunc into the training run, registers, becomes champion
+    with mlflow.start_run() as run:
+        pass
+    params = write_stage_inputs(tmp_path, run.info.run_id, tracking, ckpt, 20.0, name)
+    assert register.main(["--params", str(params)]) == 0
+    res = json.loads((tmp_path / "outputs/register/result.json").read_text())
+    assert res["version"] == "1" and res["alias_moved"] and res["champion"] == "1"
+    v1 = client.get_model_version(name, "1")
+    assert v1.tags["metric.val_psnr"] == "20.0" and v1.tags["champion.decision"] == "promoted"
+    assert v1.tags["metric.val_bicubic_psnr"] == "19.0" and "no champion yet" in v1.description
+    assert v1.run_id == run.info.run_id
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    model_uri = res["model_uri"]
+
+    def champion():
+        return client.get_model_version_by_alias(name, "champion").version
+
+    cases = [  # (metrics, moves?, expected champion, words in the reason)
+        ({"val_psnr": 19.5}, False, "1", "does not beat champion v1"),
+        ({"val_psnr": 20.0}, False, "1", "ties champion v1"),
+        ({"val_psnr": 20.5, "val_ssim": 0.7}, True, "4", "beats champion v1"),
+        ({"val_ssim": 0.9}, False, "4", "has no val_psnr"),
+        ({"val_psnr": float("nan")}, False, "4", "has no val_psnr"),
+    ]
+    for i, (metrics, moves, expected, words) in enumerate(cases, start=2):
+        r = register.register_version(model_uri, name, metrics, run_id=run.info.run_id)
+        assert r["version"] == str(i) and r["alias_moved"] is moves and words in r["reason"], r
+        assert champion() == expected
+        mv = client.get_model_version(name, str(i))
+        assert mv.tags["champion.decision"] == ("promoted" if moves else "kept")
+        assert mv.tags["champion.reason"] == r["reason"] and words in mv.description
+    assert client.get_model_version(name, "4").tags["champion.previous"] == "1"
+
+    # lower-is-better metric on the same registry
+    r = register.register_version(model_uri, name, {"val_psnr": 1.0, "val_swd": 1.0}, metric="val_swd",
+                                  greater_is_better=False)
+    assert not r["alias_moved"] and "champion v4 has no val_swd" in r["reason"]
+
+
+def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {"bogus": 1}}))
+    assert register.main(["--params", "params.yaml"]) == 2
+    assert "unknown keys in register section: bogus" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {}}))
+    assert register.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("register: error:") and "run.json not found" in err and len(err.splitlines()) == 1

@@ -1,0 +1,241 @@
+"""The served model: custom pyfunc (tiling, validation), registry alias, and a real `mlflow models serve`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("mlflow")
+
+import mlflow  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from ots.infer import encode_png, upscale_array  # noqa: E402
+from pipelines import serving  # noqa: E402
+
+MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
+POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}
+TILE, OVERLAP = 16, 4
+MAX_PIXELS, MAX_BYTES = 48 * 48, 40_000
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A tiny EDSR whose weights are all non-zero (so its output differs from plain bicubic)."""
+    from ots.costs import ReferenceMap, WeightedCost
+    from ots.models import build_map, build_potential
+    from ots.solver import OTSSolver, save_checkpoint
+
+    torch.manual_seed(seed)
+    solver = OTSSolver(build_map(MAP), build_potential(POT), WeightedCost("mse"), ReferenceMap(4), {"k_T": 1},
+                       device="cpu")
+    with torch.no_grad():
+        for p in solver.T.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(path, solver, {"model": {"map": MAP, "potential": POT}})
+    return path
+
+
+def astronaut(h: int = 24, w: int = 20) -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[100 : 100 + h, 180 : 180 + w])
+
+
+def decode_png(b: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(b)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("serving") / "map.pt")
+
+
+@pytest.fixture(scope="module")
+def direct_model(checkpoint):
+    from ots.solver import load_map
+
+    return load_map(checkpoint)
+
+
+# --------------------------------------------------------------------------------------------- in-process
+
+
+def test_decode_image_validation():
+    png = encode_png(astronaut())
+    assert serving.decode_image(png).shape == (24, 20, 3)
+    assert serving.decode_image(base64.b64encode(png).decode()).shape == (24, 20, 3)
+    assert serving.decode_image(np.zeros((4, 5), np.uint16)).shape == (4, 5, 1)
+    with pytest.raises(MlflowException, match="empty image"):
+        serving.decode_image(b"")
+    with pytest.raises(MlflowException, match="not a decodable image"):
+        serving.decode_image(b"hello, I am not a PNG")
+    with pytest.raises(MlflowException, match="more than the limit of 100"):
+        serving.decode_image(png, max_pixels=100)
+    with pytest.raises(MlflowException, match="larger than the limit of 10 bytes"):
+        serving.decode_image(png, max_bytes=10)
+    with pytest.raises(MlflowException, match="uint8 or uint16"):
+        serving.decode_image(np.zeros((4, 4, 3), np.float32))
+    err = pytest.raises(MlflowException, serving.decode_image, b"").value
+    assert err.get_http_status_code() == 400
+
+
+def test_python_model_predict_matches_direct_inference(checkpoint, direct_model):
+    class Ctx:
+        artifacts = {"checkpoint": str(checkpoint)}
+
+    m = serving.OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
+    m.load_context(Ctx())
+    img = astronaut()
+    gray16 = (np.arange(10 * 12, dtype=np.uint16).reshape(10, 12) * 500)
+    out = m.predict(None, pd.DataFrame({"image": [encode_png(img), gray16]}))
+    assert list(out.columns) == ["image", "height", "width"] and len(out) == 2
+    want = upscale_array(direct_model, img, tile=TILE, overlap=OVERLAP, device="cpu")
+    np.testing.assert_array_equal(decode_png(out["image"][0]), want)
+    assert (out["height"][0], out["width"][0]) == (96, 80)
+    got16 = decode_png(out["image"][1])
+    assert got16.dtype == np.uint16 and got16.shape == (40, 48)  # 16-bit gray stays 16-bit gray
+    untiled = m.predict(None, pd.DataFrame({"image": [encode_png(img)]}), params={"tile": 0})
+    np.testing.assert_array_equal(decode_png(untiled["image"][0]),
+                                  upscale_array(direct_model, img, tile=None, device="cpu"))
+    with pytest.raises(MlflowException, match="bad tiling params"):
+        m.predict(None, pd.DataFrame({"image": [encode_png(img)]}), params={"tile": 8, "overlap": 8})
+
+
+# ---------------------------------------------------------------------------------------- registry + serve
+
+
+def _post(url: str, body: bytes, content_type: str = "application/json", timeout: float = 60):
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _split(*images_b64: str, params: dict | None = None) -> bytes:
+    doc = {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images_b64]}}
+    if params:
+        doc["params"] = params
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.slow
+def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, direct_model, mlflow_server,
+                                                               monkeypatch, tmp_path):
+    from conftest import free_port, wait_http
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    name = f"ots-serve-{uuid.uuid4().hex[:8]}"
+    mlflow.set_experiment(f"serving-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run() as run:
+        info = serving.log_pyfunc_model(checkpoint, tile=TILE, overlap=OVERLAP, max_pixels=MAX_PIXELS,
+                                        max_bytes=MAX_BYTES, device="cpu")
+    client = mlflow.MlflowClient()
+    mv = mlflow.register_model(info.model_uri, name)
+    client.set_registered_model_alias(name, "champion", mv.version)
+    uri = f"models:/{name}@champion"
+
+    # the loader behind `ots upscale --checkpoint <uri>`: registry alias, run id, runs:/ checkpoint
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    ref = direct_model(x)
+    for source in (uri, run.info.run_id):
+        torch.testing.assert_close(serving.load_map_from_uri(source)(x), ref)
+    from ots.cli import main as ots_main
+    from ots.infer import read_image, write_image
+
+    src = write_image(tmp_path / "in.png", astronaut())
+    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "up.png"), "--model", uri, "--tile", str(TILE),
+                     "--overlap", str(OVERLAP), "--device", "cpu", "--no-progress"]) == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "up.png"),
+                                  upscale_array(direct_model, astronaut(), tile=TILE, overlap=OVERLAP, device="cpu"))
+    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", f"models:/{name}@nope"]) == 2
+
+    port = free_port()
+    venv_bin = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OTS_SERVE_DEVICE": "cpu",
+           "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "")}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(f"{base}/ping", timeout=180, proc=proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise AssertionError(f"{e}\n{(tmp_path / 'serve.log').read_text()[-3000:]}") from e
+        inv = f"{base}/invocations"
+        img, img2 = astronaut(), astronaut(20, 28)
+        b64 = base64.b64encode(encode_png(img)).decode()
+        b64_2 = base64.b64encode(encode_png(img2)).decode()
+
+        t0 = time.monotonic()
+        status, body = _post(inv, _split(b64, b64_2))
+        assert status == 200, body
+        preds = json.loads(body)["predictions"]
+        assert len(preds) == 2 and preds[0]["height"] == 96 and preds[0]["width"] == 80
+        for p, src in zip(preds, (img, img2)):
+            got = decode_png(base64.b64decode(p["image"])).astype(int)
+            want = upscale_array(direct_model, src, tile=TILE, overlap=OVERLAP, device="cpu").astype(int)
+            assert got.shape == want.shape and np.abs(got - want).max() <= 1
+        assert time.monotonic() - t0 < 30
+
+        # records format + per-request params
+        records = json.dumps({"dataframe_records": [{"image": b64}], "params": {"tile": 0}}).encode()
+        status, body = _post(inv, records)
+        assert status == 200, body
+        got = decode_png(base64.b64decode(json.loads(body)["predictions"][0]["image"])).astype(int)
+        assert np.abs(got - upscale_array(direct_model, img, tile=None, device="cpu").astype(int)).max() <= 1
+
+        too_big = base64.b64encode(encode_png(astronaut(64, 64))).decode()  # 4096 px > MAX_PIXELS
+        bad = {
+            "not an image": (_split(base64.b64encode(b"this is not an image at all").decode()),
+                             "not a decodable image"),
+            "empty": (_split(""), "empty image"),
+            "too many pixels": (_split(too_big), f"more than the limit of {MAX_PIXELS}"),
+            "too many bytes": (_split(base64.b64encode(b"\x89PNG" + bytes(MAX_BYTES)).decode()),
+                               f"larger than the limit of {MAX_BYTES} bytes"),
+            "malformed json": (b'{"dataframe_split": {"columns": ["image"], "data": [[', "valid JSON"),
+            "wrong column": (json.dumps({"dataframe_split": {"columns": ["img"], "data": [[b64]]}}).encode(),
+                             "image"),
+            "bad tiling": (_split(b64, params={"tile": 8, "overlap": 8}), "bad tiling params"),
+        }
+        for what, (payload, expected) in bad.items():
+            status, body = _post(inv, payload)
+            assert 400 <= status < 500, (what, status, body[:500])
+            message = json.loads(body)["message"]
+            assert expected in message, (what, message[:1000])
+            assert proc.poll() is None, what
+
+        status, body = _post(inv, _split(b64))  # still serving after the bad requests
+        assert status == 200 and len(json.loads(body)["predictions"]) == 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
