@@ -111,7 +111,9 @@ def run_loop(loop: str, map_cfg: dict, pot_cfg: dict, batch: int, hr_crop: int, 
     map_steps_s = steps * k_T / seconds
     return {"loop": loop, "bf16": bf16, "compile": compile, "batch": batch, "map_steps_per_s": map_steps_s,
             "hr_crops_per_s": map_steps_s * batch, "seconds": seconds, "warmup_seconds": warmup_s,
-            "peak_memory_mb": _peak_memory_mb(device)}
+            "peak_memory_mb": _peak_memory_mb(device),
+            # CUDA: this loop's max allocated; CPU: the process's max RSS so far (not reset between loops)
+            "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"}
 
 
 def device_name(device: torch.device) -> str:

@@ -64,6 +64,7 @@ TRAIN_DEFAULTS: dict = {
     # test hooks
     "inject_failure_at_step": None,  # rank 0 raises once at this step (marker file in output_dir)
     "inject_nan_at_step": None,      # the map weights become NaN after this step
+    "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first
 }
 CKPT = "checkpoint.pt"
 NONFINITE = "nonfinite.json"  # written next to the checkpoints when a loss goes NaN/inf
@@ -82,6 +83,11 @@ def resolve(params: dict) -> dict:
     train = params.get("train") or {}
     if not isinstance(train, dict):
         raise ConfigError("train section must be a mapping")
+    if train.get("overrides"):  # e.g. the tune stage's best_params.yaml: deep-merged over params
+        from pipelines.common import load_params
+
+        params = _deep_merge(params, load_params(train["overrides"]))
+        train = params["train"]
     unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown keys in train section: {', '.join(unknown)}")
@@ -104,6 +110,13 @@ def resolve(params: dict) -> dict:
     params["train"] = train
     params.setdefault("seed", 0)
     return params
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def solver_cfg(solver: dict) -> dict:

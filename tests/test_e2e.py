@@ -1,0 +1,113 @@
+"""End to end: `dvc repro` on a copy of this repo with tiny params, data and checkpoints on S3 (moto on
+127.0.0.1), then a no-op rerun, a one-parameter change, and `dvc push` / `dvc pull` through an S3 remote."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+BUCKET = "ots-e2e"
+
+
+def run(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        cmd = " ".join(map(str, args))
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def copy_repo(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+    # DVC needs its config; `git ls-files -co` lists .dvc/config and .dvcignore when present.
+    assert (dst / ".dvc" / "config").is_file()
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.email=ci@ots", "-c", "user.name=ci", "commit", "-qm", "copy"]):
+        subprocess.run(args, cwd=dst, check=True, capture_output=True)
+
+
+def tiny_params(repo: Path) -> dict:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["output"] = f"s3://{BUCKET}/demo"
+    params["model"] = {
+        "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "res_scale": 1.0, "scale": 4, "bicubic_skip": True},
+        "potential": {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16},
+    }
+    params["solver"]["k_T"] = 2
+    params["train"].update({"steps": 4, "batch_size": 2, "lr_crop": 8, "hr_crop": 32, "checkpoint_every": 2,
+                            "image_every": 2, "log_every": 2, "val_pairs": 2, "storage_path": f"s3://{BUCKET}/ray",
+                            "resources_per_worker": {"CPU": 1}})
+    return params
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_endpoint):
+    s3 = s3_env
+    s3.create_bucket(Bucket=BUCKET)
+    repo = tmp_path / "repo"
+    copy_repo(repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo), sort_keys=False))
+
+    # 1) the whole pipeline: prepare -> train -> evaluate -> register
+    out = run(["dvc", "repro"], repo).stdout
+    for stage in ("prepare", "train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert "demo/manifest.json" in keys and any(k.startswith("demo/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("ray/") and k.endswith("checkpoint.pt") for k in keys)  # checkpoints on S3
+    metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    for method in ("bicubic", "ots"):
+        m = metrics["methods"][method]
+        assert all(isinstance(m[k], float) for k in ("psnr", "ssim", "swd"))
+        assert m["lpips"] is None and m["fid"] is None  # no weights here: unavailable, never a number
+    assert {"lpips", "fid"} <= set(metrics["unavailable"])
+    result = json.loads((repo / "outputs/register/result.json").read_text())
+    assert result["alias_moved"] is True and result["alias"] == "champion"
+    run_json = json.loads((repo / "outputs/train/run.json").read_text())
+    assert run_json["steps"] == 4
+
+    # 2) nothing changed: nothing runs
+    out = run(["dvc", "repro"], repo).stdout
+    assert "Running stage" not in out
+
+    # 3) one parameter changed: exactly the stages that depend on it are stale
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["overlap"] = int(params["evaluate"]["overlap"]) + 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ["prepare", "train", "evaluate", "register"]  # the default pipeline (tune is opt-in, never run here)
+    status = json.loads(run(["dvc", "status", "--json", *stages], repo).stdout)
+    assert set(status) == {"evaluate"}
+
+    # 4) DVC remote on S3: push, lose the local copies, pull them back
+    run(["dvc", "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc-store"], repo)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", moto_endpoint], repo)
+    run(["dvc", "push"], repo)
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="dvc-store/")["KeyCount"] > 0
+    final = repo / "outputs/train/final.pt"
+    digest = sha(final)
+    final.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    run(["dvc", "pull"], repo)
+    assert sha(final) == digest

@@ -1,0 +1,181 @@
+"""Stage `tune`: Ray Tune + ASHA on the unpaired SWD metric, MLflow parent/child runs, best params for train.
+
+Tiny models (EDSR 1x8, critic for 32-px crops with 8 filters), LR 8 / HR 32 crops, 3 trials x 6 steps on CPU,
+reports every 2 steps, ASHA grace 2. Only the function-trainable mode exists (no TorchTrainer per trial).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ots.errors import ConfigError
+from pipelines import common, train, tune
+
+TINY_MODEL = {
+    "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
+    "potential": {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16},
+}
+SPACE = {
+    "solver.lr_map": {"loguniform": [3e-5, 3e-3]},
+    "solver.k_T": {"choice": [1, 2]},
+    "solver.cost.mse": {"uniform": [0.5, 4.0]},
+    "train.batch_size": {"choice": [2, 4]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from conftest import TINY, make_aim19
+
+    from ots.data.shards import ShardConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("tune_data")
+    out = root / "ds"
+    prepare_dataset(str(make_aim19(root / "aim19")), str(out), cfg=ShardConfig(**TINY, shard_bytes=40_000),
+                    progress=False)
+    return str(out)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def make_params(tmp_path: Path, dataset: str, tracking_uri: str, space=None, **tune_overrides) -> dict:
+    t = {
+        "space": space or SPACE, "num_samples": 3, "max_steps": 6, "report_every": 2, "grace_period": 2,
+        "reduction_factor": 2, "time_budget_s": 120, "val_crops": 8, "resources_per_trial": {"CPU": 1},
+        "storage_path": str(tmp_path / "ray"), "output": str(tmp_path / "out" / "best_params.yaml"), "verbose": 0,
+    }
+    t.update(tune_overrides)
+    return {
+        "seed": 0, "model": TINY_MODEL,
+        "solver": {"k_T": 2, "lr_map": 1e-4, "lr_potential": 1e-4, "cost": {"mse": 1.0}, "anchor_every": 0},
+        "train": {"dataset": dataset, "batch_size": 2, "lr_crop": 8, "hr_crop": 32,
+                  "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-tune"}},
+        "tune": t,
+    }
+
+
+def write(tmp_path: Path, params: dict) -> str:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(params))
+    return str(p)
+
+
+# -- no Ray ---------------------------------------------------------------------------------------------------
+def test_repo_params_and_dvc_stage():
+    root = Path(__file__).resolve().parents[1]
+    params = common.load_params(root / "params.yaml")
+    t, base, space = tune.resolve_tune(params)
+    searched = {"solver.lr_map", "solver.lr_potential", "solver.k_T", "solver.anchor_every", "train.batch_size"}
+    assert searched <= set(space)
+    assert params["train"]["overrides"] is None
+    stage = yaml.safe_load((root / "pipelines" / "optional" / "dvc.yaml").read_text())["stages"]["tune"]
+    assert stage["cmd"] == "python -m pipelines.tune --params params.yaml" and stage["wdir"] == "../.."
+    assert {"tune", "solver", "model", "seed"} <= set(stage["params"])
+    assert "tune" not in yaml.safe_load((root / "dvc.yaml").read_text())["stages"]  # default repro skips it
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"solver.lr_mapp": {"uniform": [1e-5, 1e-4]}}, "unknown key 'solver.lr_mapp'"),
+    ({"solver.lr_map": {"gaussian": [0, 1]}}, "unknown sampler 'gaussian'"),
+    ({"solver.lr_map": {"loguniform": [1e-3, 1e-4]}}, "low < high"),
+    ({"solver.k_T": {"choice": [0, 2]}}, "value 0 is invalid"),
+    ({"train.steps": {"choice": [2, 4]}}, "cannot be searched"),
+    ({"solver": {"choice": [1]}}, "is a section"),
+])
+def test_bad_space_is_a_one_line_error(tmp_path, capsys, space, message):
+    path = write(tmp_path, make_params(tmp_path, "nowhere", f"sqlite:///{tmp_path}/m.db", space=space))
+    assert tune.main(["--params", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tune: error:") and message in err and "\n" not in err
+
+
+def test_unknown_tune_key_and_missing_dataset(tmp_path, capsys):
+    params = make_params(tmp_path, str(tmp_path / "nothing"), f"sqlite:///{tmp_path}/m.db", bogus=1)
+    assert tune.main(["--params", write(tmp_path, params)]) == 2
+    assert "unknown keys in tune section: bogus" in capsys.readouterr().err
+    del params["tune"]["bogus"]
+    assert tune.main(["--params", write(tmp_path, params)]) == 2
+    assert capsys.readouterr().err.startswith("tune: error:")
+
+
+def test_train_consumes_overrides(tmp_path):
+    over = tmp_path / "best.yaml"
+    over.write_text(yaml.safe_dump({"solver": {"lr_map": 2e-4, "cost": {"mse": 3.0}}, "train": {"batch_size": 4}}))
+    params = make_params(tmp_path, "ds", "sqlite:///x.db")
+    params["solver"]["cost"] = {"mse": 1.0, "l1": 0.5}
+    params["train"]["overrides"] = str(over)
+    r = train.resolve(params)
+    assert r["solver"]["lr_map"] == 2e-4 and r["solver"]["k_T"] == 2
+    assert r["solver"]["cost"] == {"mse": 3.0, "l1": 0.5} and r["train"]["batch_size"] == 4
+    params["train"]["overrides"] = str(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="cannot read params"):
+        train.resolve(params)
+
+
+# -- Ray ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_server, capsys):
+    import json
+
+    import ray
+    from mlflow import MlflowClient
+
+    train.local_only()
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False, log_to_driver=False)
+    try:
+        params = make_params(tmp_path, tiny_dataset, mlflow_server)
+        assert tune.main(["--params", write(tmp_path, params)]) == 0
+    finally:
+        ray.shutdown()
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    trials = results["trials"]
+    assert len(trials) == 3 and results["metric"] == "swd"
+    assert all(t["steps"] and t["history"] for t in trials)  # every trial reported intermediate metrics
+    assert max(len(t["steps"]) for t in trials) > 1
+    assert all(t["steps"] == list(range(2, 2 * len(t["steps"]) + 1, 2)) for t in trials)
+    assert any(t["status"] == "completed" for t in trials)
+
+    # best_params.yaml: only the searched keys, nested; the best trial has the minimum last metric
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert set(best) == {"solver", "train"} and set(best["solver"]) == {"lr_map", "k_T", "cost"}
+    assert set(best["train"]) == {"batch_size"} and set(best["solver"]["cost"]) == {"mse"}
+    winner = min(trials, key=lambda t: t["last"])
+    assert results["best"]["trial_id"] == winner["trial_id"] and results["best"]["value"] == winner["last"]
+    assert tune.nest(winner["config"]) == best
+    assert (out / "metric_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the train stage consumes it
+    tp = make_params(tmp_path, tiny_dataset, mlflow_server)
+    tp["train"]["overrides"] = str(out / "best_params.yaml")
+    assert train.resolve(tp)["solver"]["lr_map"] == best["solver"]["lr_map"]
+
+    # MLflow: one parent, one child per trial with its params and metric history
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(results["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["ots.stage"] == "tune"
+    assert float(parent.data.params["best.solver.lr_map"]) == pytest.approx(best["solver"]["lr_map"])
+    assert parent.data.metrics["best_swd"] == pytest.approx(winner["last"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "best_params.yaml", "results.json", "metric_vs_step.png"}
+    exp = client.get_experiment_by_name("test-tune")
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3
+    by_trial = {c.data.tags["ots.trial_id"]: c for c in children}
+    for t in trials:
+        child = by_trial[t["trial_id"]]
+        assert child.info.run_id == t["mlflow_run_id"] and child.info.status == "FINISHED"
+        hist = client.get_metric_history(child.info.run_id, "swd")
+        assert [m.step for m in sorted(hist, key=lambda m: m.step)] == t["steps"]
+        assert child.data.params["solver.k_T"] == str(t["config"]["solver.k_T"])
+        assert not any("aws" in k.lower() or "secret" in k.lower() for k in child.data.params)
+    assert "tune: best swd=" in capsys.readouterr().out
