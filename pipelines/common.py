@@ -5,8 +5,11 @@ Only ``pipelines/`` wires Ray/MLflow/DVC; these helpers import MLflow lazily.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,45 @@ def load_params(path: str | os.PathLike) -> dict:
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: params must be a mapping, got {type(doc).__name__}")
     return doc
+
+
+def section(doc: dict, name: str, defaults: dict, path: str | os.PathLike = "params.yaml") -> dict:
+    """One section of params.yaml over its defaults; unknown keys are a one-line ConfigError."""
+    from ots.errors import ConfigError
+
+    sec = doc.get(name) or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{path}: section {name!r} must be a mapping")
+    unknown = sorted(set(sec) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys in {name} section: {', '.join(unknown)}")
+    return {**defaults, **sec}
+
+
+def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], argv: list[str] | None = None,
+               report: Callable[[Any], None] | None = None) -> int:
+    """The entry point every DVC stage shares: `python -m pipelines.<stage> --params params.yaml`.
+
+    Bad input (OTSError) and MLflow failures (server down, permissions) end as one line and exit code 2.
+    """
+    from ots.errors import OTSError
+
+    ap = argparse.ArgumentParser(description=(doc or stage).splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    try:
+        result = run(load_params(args.params), args.params)
+    except OTSError as e:
+        print(f"{stage}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__module__.split(".")[0] != "mlflow":
+            raise
+        print(f"{stage}: error: MLflow: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+        return 2
+    if report is not None:
+        report(result)
+    return 0
 
 
 def is_secret_key(key: str) -> bool:

@@ -12,12 +12,13 @@ in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavail
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from pipelines.common import section, stage_main
 
 DEFAULTS = {
     "run_info": "outputs/train/run.json",
@@ -42,33 +43,6 @@ METRIC_PREFIX = "val_"
 
 
 # ----------------------------------------------------------------------------------------------------- params
-
-
-def load_params(path: str | Path) -> dict:
-    """The whole params.yaml (one-line ConfigError when unreadable)."""
-    import yaml
-
-    from ots.errors import ConfigError
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read params ({str(e).splitlines()[0]})") from e
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: params must be a mapping")
-    return doc
-
-
-def section(doc: dict, name: str, defaults: dict, path: str | Path = "params.yaml") -> dict:
-    from ots.errors import ConfigError
-
-    sec = doc.get(name) or {}
-    if not isinstance(sec, dict):
-        raise ConfigError(f"{path}: section {name!r} must be a mapping")
-    unknown = sorted(set(sec) - set(defaults))
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys in {name} section: {', '.join(unknown)}")
-    return {**defaults, **sec}
 
 
 def read_run_info(path: str | Path, required: bool = True) -> dict:
@@ -188,24 +162,7 @@ def log_to_mlflow(uri: str, run_id: str, results: dict, files: dict[str, Path], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ots.errors import OTSError
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        run(load_params(args.params), args.params)
-    except OTSError as e:
-        print(f"evaluate: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # MLflow failures (server down, permissions): one line, not a traceback
-        if type(e).__module__.split(".")[0] != "mlflow":
-            raise
-        msg = " ".join(str(e).split())[:500]
-        print(f"evaluate: error: MLflow: {msg}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("evaluate", __doc__, run, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

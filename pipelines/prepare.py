@@ -9,9 +9,7 @@ Reads the ``data:`` section of params.yaml. The output may be a local folder or 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 DEFAULTS = {
@@ -29,22 +27,6 @@ DEFAULTS = {
     "shard_mb": 64,
     "skip_invalid": False,
 }
-
-
-def load_params(path: str | Path) -> dict:
-    import yaml
-
-    from ots.errors import ConfigError
-
-    try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read params ({e})") from e
-    section = doc.get("data") or {}
-    unknown = sorted(set(section) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys in data section: {', '.join(unknown)}")
-    return {**DEFAULTS, **section}
 
 
 def run(params: dict, progress: bool = True) -> dict:
@@ -68,18 +50,9 @@ def run(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ots.errors import OTSError
+    from pipelines.common import section, stage_main
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        run(load_params(args.params))
-    except OTSError as e:
-        print(f"prepare: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("prepare", __doc__, lambda doc, path: run(section(doc, "data", DEFAULTS, path)), argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

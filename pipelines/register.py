@@ -13,15 +13,14 @@ them for DVC.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluate import flat_metrics, load_params, read_run_info, section, tracking_uri
+from pipelines.common import section, stage_main
+from pipelines.evaluate import flat_metrics, read_run_info, tracking_uri
 
 DEFAULTS = {
     "model_name": "ots-sr",
@@ -172,24 +171,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ots.errors import OTSError
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        run(load_params(args.params), args.params)
-    except OTSError as e:
-        print(f"register: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # MLflow failures (server down, permissions): one line, not a traceback
-        if type(e).__module__.split(".")[0] != "mlflow":
-            raise
-        msg = " ".join(str(e).split())[:500]
-        print(f"register: error: MLflow: {msg}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("register", __doc__, run, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,13 +27,11 @@ Ray bound to 127.0.0.1.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -549,19 +547,12 @@ def run(params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.common import load_params
+    from pipelines.common import stage_main
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        summary = run(load_params(args.params))
-    except OTSError as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps", "final_checkpoint", "wall_s")}))
-    return 0
+    def report(summary: dict) -> None:
+        print(json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps", "final_checkpoint", "wall_s")}))
 
+    return stage_main("train", __doc__, lambda params, _path: run(params), argv, report)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -39,11 +39,9 @@ not fail.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -529,20 +527,13 @@ def run(params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.common import load_params
+    from pipelines.common import stage_main
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        summary = run(load_params(args.params))
-    except OTSError as e:
-        print(f"tune: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print(json.dumps({"best": summary["best"]["config"], summary["metric"]: summary["best"]["value"],
-                      "n_trials": summary["n_trials"], "wall_s": summary["wall_s"]}))
-    return 0
+    def report(summary: dict) -> None:
+        print(json.dumps({"best": summary["best"]["config"], summary["metric"]: summary["best"]["value"],
+                          "n_trials": summary["n_trials"], "wall_s": summary["wall_s"]}))
 
+    return stage_main("tune", __doc__, lambda params, _path: run(params), argv, report)
 
 if __name__ == "__main__":
     raise SystemExit(main())
