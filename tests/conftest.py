@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +113,6 @@ def wait_http(url: str, timeout: float, proc=None) -> None:
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (sqlite backend, local artifacts) on 127.0.0.1; yields its tracking URI."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -131,10 +133,29 @@ def mlflow_server(tmp_path_factory):
         wait_http(f"{uri}/health", timeout=120, proc=proc)
         yield uri
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         log.close()
+
+
+def stop_process_group(proc) -> None:
+    """SIGTERM a server started with start_new_session=True, SIGKILL after 20 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """Shards of the tiny AIM19 fixture (tiles for LR 16 / HR 64 crops), shared by the train and tune tests."""
+    from ots.data.shards import ShardConfig, prepare_dataset
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    out = root / "ds"
+    prepare_dataset(str(make_aim19(root / "aim19")), str(out), cfg=ShardConfig(**TINY, shard_bytes=40_000),
+                    progress=False)
+    return str(out)

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -140,7 +139,7 @@ def _split(*images_b64: str, params: dict | None = None) -> bytes:
 @pytest.mark.slow
 def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, direct_model, mlflow_server,
                                                                monkeypatch, tmp_path):
-    from conftest import free_port, wait_http
+    from conftest import free_port, stop_process_group, wait_http
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
@@ -231,11 +230,5 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
         status, body = _post(inv, _split(b64))  # still serving after the bad requests
         assert status == 200 and len(json.loads(body)["predictions"]) == 1
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc)
         log.close()

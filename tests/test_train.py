@@ -25,19 +25,6 @@ TINY_MODEL = {
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from conftest import TINY, make_aim19
-
-    from ots.data.shards import ShardConfig, prepare_dataset
-
-    root = tmp_path_factory.mktemp("train_data")
-    out = root / "ds"
-    prepare_dataset(str(make_aim19(root / "aim19")), str(out), cfg=ShardConfig(**TINY, shard_bytes=40_000),
-                    progress=False)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def ray_local():
     import ray
 

@@ -26,19 +26,6 @@ SPACE = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    from conftest import TINY, make_aim19
-
-    from ots.data.shards import ShardConfig, prepare_dataset
-
-    root = tmp_path_factory.mktemp("tune_data")
-    out = root / "ds"
-    prepare_dataset(str(make_aim19(root / "aim19")), str(out), cfg=ShardConfig(**TINY, shard_bytes=40_000),
-                    progress=False)
-    return str(out)
-
-
 @pytest.fixture(autouse=True)
 def _no_env_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
