@@ -63,22 +63,22 @@ def resolve_weights(name: str, explicit: str | os.PathLike | None = None) -> str
 
 
 def _fetch_from_storage(uri: str, filename: str) -> str:
-    """Copy weights from object storage (s3://...) into the hub cache once; our own storage, not the internet."""
+    """Copy weights from our object storage (s3://...) into the hub cache once; never from the internet."""
+    from ots.errors import StorageError
+    from ots.storage import open_store
+
     target = hub_checkpoint_dir() / filename
     if target.is_file():
         return str(target)
+    parent, _, name = uri.rstrip("/").rpartition("/")
     try:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        with fs.open_input_stream(path) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
-        os.replace(tmp, target)
-    except Exception as e:  # noqa: BLE001 - any storage failure becomes one line
-        raise WeightsNotFoundError(f"cannot read weights from {uri}: {e}".splitlines()[0]) from e
+        data = open_store(parent).read_bytes(name)
+    except StorageError as e:
+        raise WeightsNotFoundError(f"cannot read weights: {e}") from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".part-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
     return str(target)
 
 

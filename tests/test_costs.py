@@ -105,3 +105,19 @@ def test_reference_map_reanchors_to_a_frozen_copy():
     assert R2.anchored_at == 2 and torch.equal(R2(x), anchored)
     with pytest.raises(ConfigError, match="anchor_every"):
         ReferenceMap(4, anchor_every=-1)
+
+
+def test_weights_from_object_storage_are_cached_once(no_weights, s3_env, monkeypatch):
+    import io
+
+    state = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    s3_env.create_bucket(Bucket="ots-weights")
+    s3_env.put_object(Bucket="ots-weights", Key="backbones/vgg16.pth", Body=buf.getvalue())
+    monkeypatch.setenv("OTS_VGG16_WEIGHTS", "s3://ots-weights/backbones/vgg16.pth")
+    assert torch.equal(VGGCost().features[0].weight, state["features.0.weight"])
+    assert (no_weights / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth").is_file()
+    monkeypatch.setenv("OTS_ALEXNET_WEIGHTS", "s3://ots-weights/backbones/missing.pth")
+    with pytest.raises(WeightsNotFoundError, match="cannot read weights: s3://ots-weights/backbones"):
+        LPIPSCost()
