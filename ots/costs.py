@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ots.errors import ConfigError
@@ -30,6 +31,22 @@ class MSECost(nn.Module):
 class L1Cost(nn.Module):
     def forward(self, ref, y):
         return _per_sample_mean((y - ref).abs())
+
+
+class GradientCost(nn.Module):
+    """Mean squared difference of horizontal and vertical pixel differences: deviations from R(x) cost in
+    proportion to their frequency squared, so checkerboard-like changes are expensive and smooth ones cheap."""
+
+    def forward(self, ref, y):
+        d = y - ref
+        return _per_sample_mean(torch.diff(d, dim=-1).square()) + _per_sample_mean(torch.diff(d, dim=-2).square())
+
+
+class LowPassCost(nn.Module):
+    """MSE of 4x4 box-averaged images: anchors content and colour at the LR scale, leaves finer detail free."""
+
+    def forward(self, ref, y):
+        return _per_sample_mean((F.avg_pool2d(y, 4, ceil_mode=True) - F.avg_pool2d(ref, 4, ceil_mode=True)).square())
 
 
 class VGGCost(nn.Module):
@@ -86,7 +103,8 @@ class LPIPSCost(nn.Module):
         return self.model(ref, y, normalize=False).flatten()
 
 
-COSTS = {"mse": MSECost, "l1": L1Cost, "vgg": VGGCost, "lpips": LPIPSCost}
+COSTS = {"mse": MSECost, "l1": L1Cost, "grad": GradientCost, "lowpass": LowPassCost, "vgg": VGGCost,
+         "lpips": LPIPSCost}
 
 
 class WeightedCost(nn.Module):

@@ -8,27 +8,38 @@ potential update (outer sup over f). No gradient penalty, no clipping: f is a La
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from ots.costs import unwrap
+from ots.costs import parse_cost_spec, unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
+SOLVER_KINDS = ("ots", "gan")
 
 
 @dataclass
 class SolverConfig:
+    """Everything the solver needs, defaults written once (params.yaml's ``solver:`` section, validated)."""
+
+    kind: str = "ots"             # "ots" (sup_f inf_T) or "gan" (the content-regularized WGAN-GP baseline)
+    cost: Any = "mse"             # a cost name or {name: weight} (ots.costs.parse_cost_spec)
+    anchor_every: int = 0         # re-anchor R to a frozen copy of T every N potential steps (0 = never)
     k_T: int = 15                 # map updates per potential update (OTS) / critic updates per map update (GAN)
     lr_map: float = 1e-4
     lr_potential: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    bf16: bool = False            # bf16 autocast for forward passes
+    margin: int = 0               # LR px of context around each LR crop, cut from T(x) and R(x) before cost and f
+    ema: float = 0.0              # decay of an exponential moving average of the map (0 = none)
+    warmup: int = 0               # potential-only updates before the map first moves
+    noise: float = 0.0            # std of instance noise added to every input of the potential (0 = none)
+    bf16: bool = False            # bf16 autocast for forward passes (the transport cost stays fp32)
     channels_last: bool = False   # NHWC memory format for conv nets
     compile: bool = False         # torch.compile both networks
     fused: bool | None = None     # fused Adam; None = when the device supports it (CUDA)
@@ -36,7 +47,6 @@ class SolverConfig:
     # GAN baseline only
     lam: float = 1.0              # weight of the content cost (the GAN's λ)
     gp: float = 10.0              # WGAN-GP gradient penalty weight
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SolverConfig:
@@ -47,11 +57,27 @@ class SolverConfig:
             raise ConfigError(f"unknown solver option(s): {', '.join(unknown)}")
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
+        for name in ("lr_map", "lr_potential", "ema", "lam", "gp", "noise"):
+            if name in d:  # YAML 1.1 reads `1e-4` (no dot) as a string: accept it, refuse non-numbers clearly
+                try:
+                    d[name] = float(d[name])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"solver.{name} must be a number, got {d[name]!r}") from None
         cfg = cls(**d)
+        if cfg.kind not in SOLVER_KINDS:
+            raise ConfigError(f"solver.kind must be one of {', '.join(SOLVER_KINDS)}, got {cfg.kind!r}")
+        parse_cost_spec(cfg.cost)
         if cfg.k_T < 1:
             raise ConfigError(f"k_T must be >= 1, got {cfg.k_T}")
         if not (cfg.lr_map > 0 and cfg.lr_potential > 0):
             raise ConfigError(f"learning rates must be > 0, got {cfg.lr_map}, {cfg.lr_potential}")
+        for name in ("margin", "warmup", "anchor_every"):
+            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
+                raise ConfigError(f"solver.{name} must be an integer >= 0, got {getattr(cfg, name)!r}")
+        if not cfg.noise >= 0.0:
+            raise ConfigError(f"solver.noise must be >= 0, got {cfg.noise}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise ConfigError(f"solver.ema must be in [0, 1), got {cfg.ema}")
         return cfg
 
 
@@ -98,9 +124,44 @@ class _Solver:
         else:
             self.T_train, self.f_train = self.T_net, self.f_net
         self.step_count = 0  # outer steps done
+        # The EMA of the map is what is evaluated and exported when kept: same objective, less step noise.
+        self.T_ema = copy.deepcopy(self.T).eval().requires_grad_(False) if self.cfg.ema else None
+        self.crop_hr = self.cfg.margin * int(getattr(unwrap(self.T), "scale", 1))
         self._first_bad = torch.full((len(self.TERMS),), -1, dtype=torch.long, device=self.device)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    @property
+    def map_for_eval(self) -> nn.Module:
+        """The map to evaluate and export: the EMA when kept, else T itself."""
+        return self.T_ema if self.T_ema is not None else unwrap(self.T)
+
+    def inner(self, t: torch.Tensor) -> torch.Tensor:
+        """Cut the margin off a mapped crop: the cost and the potential see only pixels with real context.
+
+        R(x) is the bicubic of a *crop* (replicated at its edge) while real HR crops have real surroundings;
+        without the margin an unconstrained potential can tell the two apart by their borders alone."""
+        m = self.crop_hr
+        return t[..., m:-m, m:-m] if m else t
+
+    def seen(self, t: torch.Tensor) -> torch.Tensor:
+        """What the potential sees of an HR crop: the crop plus instance noise.
+
+        Adding the same Gaussian noise to T(x) and y leaves the solution unchanged (T#P * N = Q * N iff
+        T#P = Q: a Gaussian's characteristic function has no zeros) and f is not constrained -- but the map
+        follows the gradient of the smoothed potential f * N, which has no high-frequency adversarial ridges."""
+        return t + self.cfg.noise * torch.randn_like(t) if self.cfg.noise else t
+
+    def transport_cost(self, x: torch.Tensor, Tx: torch.Tensor) -> torch.Tensor:
+        """Mean cost c(R(x), T(x)) in fp32, outside autocast (bf16 would quantise a small number)."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self.cost(self.inner(self.reference(x).float()), self.inner(Tx).float()).mean()
+
+    def update_ema(self) -> None:
+        if self.T_ema is not None:
+            with torch.no_grad():
+                for e, p in zip(self.T_ema.parameters(), unwrap(self.T).parameters()):
+                    e.lerp_(p.detach(), 1.0 - self.cfg.ema)
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
@@ -136,6 +197,7 @@ class _Solver:
     def state_dict(self) -> dict:
         return {
             "map": unwrap(self.T).state_dict(),
+            "map_ema": self.T_ema.state_dict() if self.T_ema is not None else None,
             "potential": unwrap(self.f).state_dict(),
             "opt_map": self.opt_T.state_dict(),
             "opt_potential": self.opt_f.state_dict(),
@@ -151,6 +213,8 @@ class _Solver:
             unwrap(self.f).load_state_dict(state["potential"])
             self.opt_T.load_state_dict(state["opt_map"])
             self.opt_f.load_state_dict(state["opt_potential"])
+            if self.T_ema is not None:
+                self.T_ema.load_state_dict(state.get("map_ema") or state["map"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint does not fit these networks: {_first_line(e)}") from e
         self.step_count = int(state["step"])
@@ -164,26 +228,31 @@ class OTSSolver(_Solver):
     TERMS = ("loss_map", "loss_potential")
 
     def step(self, next_lr: Batches, next_hr: Batches) -> dict[str, torch.Tensor]:
-        T, f, c, R = self.T_train, self.f_train, self.cost, self.reference
+        T, f, R = self.T_train, self.f_train, self.reference
 
         # inf_T: k_T map updates on fresh LR batches; f is held fixed (no gradient for its parameters).
+        # During the warm-up only f learns (T stays at R), so T first follows a potential that means something.
+        warming = self.step_count < self.cfg.warmup
+        cost = loss_map = torch.zeros((), device=self.device)
         with frozen(self.f):
-            for _ in range(self.cfg.k_T):
+            for _ in range(0 if warming else self.cfg.k_T):
                 x = self.prepare(next_lr(), "LR")
                 with self.autocast():
                     Tx = T(x)
-                    cost = c(R(x), Tx).mean()
-                    loss_map = cost - self.f_net(Tx).mean()
+                    potential = self.f_net(self.seen(self.inner(Tx))).float().mean()
+                cost = self.transport_cost(x, Tx)
+                loss_map = cost - potential
                 self.opt_T.zero_grad(set_to_none=True)
                 loss_map.backward()
                 self.opt_T.step()
+                self.update_ema()
 
         # sup_f: one potential update on a fresh LR batch and a fresh HR batch.
         x, y = self.prepare(next_lr(), "LR"), self.prepare(next_hr(), "HR")
         with torch.no_grad(), self.autocast():
-            Tx = self.T_net(x)
+            Tx = self.seen(self.inner(self.T_net(x)))
         with self.autocast():
-            loss_potential = f(Tx).mean() - f(y).mean()
+            loss_potential = f(Tx).float().mean() - f(self.seen(y)).float().mean()
         self.opt_f.zero_grad(set_to_none=True)
         loss_potential.backward()
         self.opt_f.step()
@@ -204,28 +273,33 @@ class RegularizedGAN(_Solver):
     TERMS = ("loss_map", "loss_critic")
 
     def step(self, next_lr: Batches, next_hr: Batches) -> dict[str, torch.Tensor]:
-        T, f, c, R = self.T_train, self.f_train, self.cost, self.reference
+        T, f = self.T_train, self.f_train
 
         # sup_f: k_T critic updates, f kept ~1-Lipschitz by the gradient penalty.
         for _ in range(self.cfg.k_T):
             x, y = self.prepare(next_lr(), "LR"), self.prepare(next_hr(), "HR")
             with torch.no_grad(), self.autocast():
-                Tx = self.T_net(x)
+                Tx = self.inner(self.T_net(x))
             with self.autocast():
                 loss_critic = f(Tx).mean() - f(y).mean() + self.cfg.gp * gradient_penalty(f, y, Tx.to(y.dtype))
             self.opt_f.zero_grad(set_to_none=True)
             loss_critic.backward()
             self.opt_f.step()
 
-        # inf_T: one map update.
-        x = self.prepare(next_lr(), "LR")
-        with frozen(self.f), self.autocast():
-            Tx = T(x)
-            cost = c(R(x), Tx).mean()
-            loss_map = self.cfg.lam * cost - self.f_net(Tx).mean()
-        self.opt_T.zero_grad(set_to_none=True)
-        loss_map.backward()
-        self.opt_T.step()
+        # inf_T: one map update (skipped during the warm-up).
+        cost = loss_map = torch.zeros((), device=self.device)
+        if self.step_count >= self.cfg.warmup:
+            x = self.prepare(next_lr(), "LR")
+            with frozen(self.f):
+                with self.autocast():
+                    Tx = T(x)
+                    critic = self.f_net(self.inner(Tx)).float().mean()
+                cost = self.transport_cost(x, Tx)
+                loss_map = self.cfg.lam * cost - critic
+            self.opt_T.zero_grad(set_to_none=True)
+            loss_map.backward()
+            self.opt_T.step()
+            self.update_ema()
 
         self.step_count += 1
         self._watch(loss_map=loss_map, loss_critic=loss_critic)
@@ -282,7 +356,8 @@ def resume(solver: _Solver, path: str | os.PathLike, restore_rng: bool = True) -
 
 
 def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained map T from a checkpoint, in eval mode, built from the config stored with it."""
+    """The trained map from a checkpoint, in eval mode, built from the config stored with it: the EMA of the map
+    when training kept one (that is what was validated and selected), else the map itself."""
     from ots.models import build_map
 
     state = load_checkpoint(path)
@@ -291,7 +366,7 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(f"{path} holds no map config (config.model.map)")
     model = build_map(map_config)
     try:
-        model.load_state_dict(state["map"])
+        model.load_state_dict(state.get("map_ema") or state["map"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {_first_line(e)}") from e
     return model.to(device).eval()

@@ -3,7 +3,9 @@
     python -m pipelines.evaluate --params params.yaml
 
 Reads the ``evaluate:`` section of params.yaml and ``data.output``; the map comes from ``evaluate.checkpoint`` or
-the training stage's ``run.json`` (``final_checkpoint``). Writes, in ``evaluate.out``: ``metrics.json`` (DVC
+the training stage's ``run.json`` -- its ``best_checkpoint`` (selected by val SWD during training), never blindly
+the last one -- and the GAN baseline's from ``evaluate.gan_checkpoint`` or the baseline run's ``run.json``
+(``evaluate.gan_run_info``), when it exists. Writes, in ``evaluate.out``: ``metrics.json`` (DVC
 metrics), ``metrics.md``, ``per_image.csv`` (DVC plots: per-image PSNR/SSIM) and ``grid.png``, and logs the
 metrics (``val_psnr``, ``val_ssim``, ``val_swd``, ``val_lpips``/``val_fid`` when their weights exist,
 ``val_bicubic_*``, ``val_gan_*``) and those files to the training run in MLflow. Unavailable metrics are null
@@ -22,8 +24,9 @@ from pipelines.common import section, stage_main
 
 DEFAULTS = {
     "run_info": "outputs/train/run.json",
-    "checkpoint": None,  # default: run.json's final_checkpoint, else outputs/train/final.pt
-    "gan_checkpoint": None,
+    "checkpoint": None,  # default: run.json's best_checkpoint, else its final_checkpoint
+    "gan_checkpoint": None,  # default: gan_run_info's best_checkpoint, when that file exists
+    "gan_run_info": "outputs/train_gan/run.json",
     "out": "outputs/evaluate",
     "tile": 256,
     "overlap": 32,
@@ -61,6 +64,11 @@ def read_run_info(path: str | Path, required: bool = True) -> dict:
     if not isinstance(info, dict):
         raise ConfigError(f"{p}: run.json must be a JSON object")
     return info
+
+
+def selected_checkpoint(info: dict) -> str:
+    """The map a training run stands for: its best checkpoint (val SWD), else its final one ('' if none)."""
+    return str(info.get("best_checkpoint") or info.get("final_checkpoint") or "")
 
 
 def tracking_uri(doc: dict, run_info: dict) -> str:
@@ -105,9 +113,12 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     if not data.get("output"):
         raise ConfigError(f"{params_path}: data.output (the prepared dataset) is not set")
     info = read_run_info(p["run_info"], required=p["checkpoint"] is None)
-    ckpt = p["checkpoint"] or info.get("final_checkpoint") or "outputs/train/final.pt"
+    ckpt = p["checkpoint"] or selected_checkpoint(info) or "outputs/train/final.pt"
+    gan_ckpt = p["gan_checkpoint"]
+    if not gan_ckpt and p["gan_run_info"]:
+        gan_ckpt = selected_checkpoint(read_run_info(p["gan_run_info"], required=False)) or None
     uri = tracking_uri(doc, info)
-    sources = [str(ckpt)] + ([str(p["gan_checkpoint"])] if p["gan_checkpoint"] else [])
+    sources = [str(ckpt)] + ([str(gan_ckpt)] if gan_ckpt else [])
     if not all(Path(s).is_file() for s in sources):  # runs:/, models:/ or run-id sources resolve through MLflow
         import mlflow
 
@@ -118,8 +129,8 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
         pairs = pairs[: int(p["max_images"])]
     device = resolve_device(p["device"])
     maps = {"ots": load_any(str(ckpt), device)}
-    if p["gan_checkpoint"]:
-        maps["gan"] = load_any(str(p["gan_checkpoint"]), device)
+    if gan_ckpt:
+        maps["gan"] = load_any(str(gan_ckpt), device)
     tile = int(p["tile"]) or None
     outputs = upscale_pairs(pairs, maps, tile=tile, overlap=int(p["overlap"]), device=device,
                             precision=p["precision"])
@@ -128,7 +139,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
                             seed=int(doc.get("seed", 0) or 0))
     results["tiling"] = {"tile": tile, "overlap": int(p["overlap"])}
     results["checkpoint"] = str(ckpt)
-    results["gan_checkpoint"] = p["gan_checkpoint"]
+    results["gan_checkpoint"] = gan_ckpt
     files = write_report(p["out"], pairs, outputs, results, grid_images=int(p["grid_images"]),
                          grid_crop=int(p["grid_crop"]) or None)
     print(markdown_table(results), end="")

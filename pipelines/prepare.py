@@ -19,6 +19,10 @@ DEFAULTS = {
     "output": "data/demo",
     "manifest_copy": "data/manifest.json",
     "seed": 0,
+    "max_side": 1024,        # with source=demo: photos downscaled to at most this many px
+    "val_crop": 256,         # with source=demo: centre crop of each validation photo
+    "split": "regions",      # with source=demo: HR/LR domains from disjoint checkerboard cells of the same photos
+    "cell": 160,             # with source=demo and split=regions: cell size (HR px)
     "hr_tile": 480,
     "lr_tile": 120,
     "hr_crop": 128,
@@ -38,6 +42,8 @@ def run(params: dict, progress: bool = True) -> dict:
     manifest, written = prepare_dataset(
         str(params["source"]), str(params["output"]), photos=params["photos"], work_dir=params["work_dir"],
         seed=int(params["seed"]), cfg=cfg, skip_invalid=bool(params["skip_invalid"]), progress=progress,
+        demo_options={"max_side": int(params["max_side"]), "val_crop": int(params["val_crop"]),
+                      "split": str(params["split"]), "cell": int(params["cell"])},
     )
     copy = params.get("manifest_copy")
     if copy:

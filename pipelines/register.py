@@ -4,9 +4,11 @@
 
 Logs the :mod:`pipelines.serving` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
 registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``) and
-moves the alias ``register.alias`` (``champion``) to it only when it beats the current champion on
-``register.metric`` (``greater_is_better``). Ties, a missing metric on the new version, and a champion without
-that metric keep the old champion. The decision and its reason go to the version's description and to tags
+moves the alias ``register.alias`` (``champion``) to it only when (1) it beats *bicubic* on ``register.metric``
+(bicubic is the floor: a map no better than plain upsampling is never served) while its PSNR is no more than
+``register.psnr_tolerance_db`` below bicubic's, and (2) it beats the current champion on ``register.metric``
+(``greater_is_better``). Ties, a missing metric on the new version, and a champion without that metric keep the
+old champion. The decision and its reason go to the version's description and to tags
 ``champion.decision`` / ``champion.reason`` / ``champion.previous``; ``register.out`` (``result.json``) records
 them for DVC.
 """
@@ -20,16 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import section, stage_main
-from pipelines.evaluate import flat_metrics, read_run_info, tracking_uri
+from pipelines.evaluate import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
 
 DEFAULTS = {
     "model_name": "ots-sr",
     "alias": "champion",
-    "metric": "val_psnr",
-    "greater_is_better": True,
+    "metric": "val_swd",             # the unpaired distribution metric the map was selected by
+    "greater_is_better": False,
+    "floor": "bicubic",              # the map must beat this method on `metric` (null: no floor)
+    "psnr_tolerance_db": 0.5,        # ... while its val PSNR is at most this far below the floor's (null: no check)
     "metrics_file": "outputs/evaluate/metrics.json",
     "run_info": "outputs/train/run.json",
-    "checkpoint": None,  # default: run.json's final_checkpoint
+    "checkpoint": None,  # default: run.json's best_checkpoint, else its final_checkpoint
     "out": "outputs/register/result.json",
 }
 SERVE_DEFAULTS = {
@@ -71,6 +75,25 @@ def decide(new: float | None, current: float | None, *, has_champion: bool, metr
     return False, f"not promoted: {metric}={new:.6g} does not beat {who} ({current:.6g}; {direction} is better)"
 
 
+def below_floor(metrics: dict[str, float], metric: str, greater_is_better: bool, floor: str | None,
+                psnr_tolerance_db: float | None) -> str | None:
+    """Why this map is not better than the floor method (bicubic), or None when it is."""
+    if not floor:
+        return None
+    name = metric.removeprefix("val_")
+    new, base = _number(metrics.get(metric)), _number(metrics.get(f"val_{floor}_{name}"))
+    if new is None or base is None:
+        return f"not promoted: {metric} or {floor}'s val_{floor}_{name} is missing, so the {floor} floor is unchecked"
+    if not (new > base if greater_is_better else new < base):
+        return f"not promoted: {metric}={new:.6g} is not better than {floor} ({base:.6g}); {floor} is the floor"
+    if psnr_tolerance_db is not None:
+        p, pb = _number(metrics.get("val_psnr")), _number(metrics.get(f"val_{floor}_psnr"))
+        if p is not None and pb is not None and p < pb - float(psnr_tolerance_db):
+            return (f"not promoted: val_psnr={p:.4g} dB is more than {psnr_tolerance_db} dB below {floor} "
+                    f"({pb:.4g} dB)")
+    return None
+
+
 def _champion(client, name: str, alias: str, metric: str):
     """(version or None, its metric or None): from its ``metric.<name>`` tag, else its run's metrics."""
     from mlflow.exceptions import MlflowException
@@ -89,7 +112,8 @@ def _champion(client, name: str, alias: str, metric: str):
 
 
 def register_version(model_uri: str, model_name: str, metrics: dict[str, float], *, run_id: str | None = None,
-                     metric: str = "val_psnr", greater_is_better: bool = True, alias: str = "champion") -> dict:
+                     metric: str = "val_swd", greater_is_better: bool = False, alias: str = "champion",
+                     floor: str | None = "bicubic", psnr_tolerance_db: float | None = 0.5) -> dict:
     """Register ``model_uri`` as a new version of ``model_name`` and gate the alias (global tracking URI)."""
     import mlflow
 
@@ -102,8 +126,12 @@ def register_version(model_uri: str, model_name: str, metrics: dict[str, float],
     champ, champ_value = _champion(client, model_name, alias, metric)
     if champ is not None and str(champ.version) == version:  # cannot happen for a fresh version; be safe
         champ, champ_value = None, None
-    move, reason = decide(metrics.get(metric), champ_value, has_champion=champ is not None, metric=metric,
-                          greater_is_better=greater_is_better, current_version=champ and str(champ.version))
+    floor_reason = below_floor(metrics, metric, greater_is_better, floor, psnr_tolerance_db)
+    if floor_reason:
+        move, reason = False, floor_reason
+    else:
+        move, reason = decide(metrics.get(metric), champ_value, has_champion=champ is not None, metric=metric,
+                              greater_is_better=greater_is_better, current_version=champ and str(champ.version))
     if move:
         client.set_registered_model_alias(model_name, alias, version)
     previous = str(champ.version) if champ is not None else ""
@@ -146,7 +174,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     run_id = info.get("mlflow_run_id")
     if not run_id:
         raise ConfigError(f"{reg['run_info']}: no mlflow_run_id; the train stage must log to MLflow")
-    ckpt = reg["checkpoint"] or info.get("final_checkpoint") or "outputs/train/final.pt"
+    ckpt = reg["checkpoint"] or selected_checkpoint(info) or "outputs/train/final.pt"
     mlflow.set_tracking_uri(tracking_uri(doc, info))
     try:
         mlflow.MlflowClient().get_run(run_id)
@@ -159,7 +187,8 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
                                   precision=serve["precision"])
     result = register_version(model_info.model_uri, str(reg["model_name"]), metrics, run_id=run_id,
                               metric=str(reg["metric"]), greater_is_better=bool(reg["greater_is_better"]),
-                              alias=str(reg["alias"]))
+                              alias=str(reg["alias"]), floor=reg["floor"],
+                              psnr_tolerance_db=reg["psnr_tolerance_db"])
     result["checkpoint"] = str(ckpt)
     out = Path(reg["out"])
     out.parent.mkdir(parents=True, exist_ok=True)

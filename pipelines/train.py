@@ -2,18 +2,21 @@
 
     python -m pipelines.train --params params.yaml
 
-Reads ``seed``, ``model``, ``solver`` and ``train`` from params.yaml. A Ray Train ``TorchTrainer`` runs
-``train.num_workers`` workers; each builds the map and potential, streams its share of the shards
-(``CropStream``; batch ``b`` is a pure function of (seed, rank, b), so resuming = restarting at the saved
-batch index) and runs ``OTSSolver.step`` (the solver wraps both networks in DDP over the process group Ray
-set up: gloo on CPU, nccl on GPU).
+This module is the *driver*: it validates params, creates the MLflow run, starts Ray and a ``TorchTrainer``
+with ``train.num_workers`` workers, and turns the result into ``run.json``; what each worker does is
+:mod:`pipelines.worker` (build the solver with ``ots.build.build_solver``, stream its share of the shards --
+batch ``b`` is a pure function of (seed, rank, b), so resuming = restarting at the saved batch index -- and run
+``solver.step``; DDP over the process group Ray set up: gloo on CPU, nccl on GPU).
 
 Checkpoints (``checkpoint.pt``, written by ``ots.solver.save_checkpoint``) are reported to Ray every
 ``checkpoint_every`` potential steps and at the last step into ``storage_path`` (a local folder or
-``s3://bucket/prefix``; endpoint/credentials from the environment). Ray keeps the last ``keep_last_k``;
-the best one by validation PSNR is kept apart under ``<storage>/<run>/best/``. ``FailureConfig(max_failures)``
-restarts the worker group after a failure; workers restore from ``ray.train.get_checkpoint()`` (networks,
-optimizers, reference map, step, RNG, data position, MLflow run id) and continue to ``train.steps``.
+``s3://bucket/prefix``; endpoint/credentials from the environment). Ray keeps the last ``keep_last_k``. At step
+0 and at every checkpoint the map (its EMA when kept) is validated on the full val images: SWD against the val
+HR images selects the best map, kept apart under ``<storage>/<run>/best/`` (``best.pt``); the divergence guard
+(``train.guard``) stops a run whose SWD stays worse than bicubic's, keeping the best map.
+``FailureConfig(max_failures)`` restarts the worker group after a failure; workers restore from
+``ray.train.get_checkpoint()`` (networks, optimizers, reference map, step, RNG, data position, MLflow run id)
+and continue to ``train.steps``.
 
 MLflow: the driver creates the run before ``fit()``, and rank 0 logs into it (so a restarted worker group
 keeps logging into the same run): flattened params (no credentials), metrics every ``log_every`` steps, image
@@ -29,14 +32,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from ots.errors import ConfigError, NonFiniteLossError, OTSError
+from pipelines.worker import CKPT, NONFINITE, solver_cfg, train_loop
 
 TRAIN_DEFAULTS: dict = {
     "dataset": None,            # dataset URI; None = data.output
@@ -55,17 +57,19 @@ TRAIN_DEFAULTS: dict = {
     "log_every": 5,
     "image_every": 20,
     "image_count": 4,           # fixed train crops in the image grid
-    "val_pairs": 4,             # fixed val crops (grid + val_psnr, which picks the best checkpoint)
+    "val_pairs": 4,             # fixed val crops in the image grid
+    "val_images": 0,            # val images scored at every checkpoint (SWD selects the best map); 0 = all
+    # divergence: val SWD worse than bicubic's by more than `tolerance` (relative) for `patience` validations in a
+    # row, or the transport cost above `max_cost` -> stop, keep the best map
+    "guard": {"patience": 3, "tolerance": 0.05, "max_cost": 1.0},
     "output_dir": "outputs/train",
     "mlflow": {"tracking_uri": None, "experiment": "ots"},
     "progress": True,
-    # test hooks
-    "inject_failure_at_step": None,  # rank 0 raises once at this step (marker file in output_dir)
-    "inject_nan_at_step": None,      # the map weights become NaN after this step
     "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first
 }
-CKPT = "checkpoint.pt"
-NONFINITE = "nonfinite.json"  # written next to the checkpoints when a loss goes NaN/inf
+# Test hooks, passed in by tests through the environment (never params): rank 0 raises once at this step /
+# the map weights become NaN after this step.
+TEST_HOOKS = {"inject_failure_at_step": "OTS_TEST_FAIL_AT_STEP", "inject_nan_at_step": "OTS_TEST_NAN_AT_STEP"}
 
 
 class TrainingError(OTSError):
@@ -78,6 +82,7 @@ def resolve(params: dict) -> dict:
     from ots.models import check_sizes
 
     params = copy.deepcopy(params)
+    params.pop("baseline", None)  # the GAN baseline's overrides: pipelines.baseline merges them, not this run
     train = params.get("train") or {}
     if not isinstance(train, dict):
         raise ConfigError("train section must be a mapping")
@@ -90,21 +95,26 @@ def resolve(params: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown keys in train section: {', '.join(unknown)}")
     mlf = {**TRAIN_DEFAULTS["mlflow"], **(train.get("mlflow") or {})}
-    train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf}
+    guard = {**TRAIN_DEFAULTS["guard"], **(train.get("guard") or {})}
+    unknown = sorted(set(guard) - set(TRAIN_DEFAULTS["guard"]))
+    if unknown:
+        raise ConfigError(f"unknown keys in train.guard: {', '.join(unknown)}")
+    train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf, "guard": guard}
     if not train["dataset"]:
         train["dataset"] = (params.get("data") or {}).get("output") or "data/demo"
     for k in ("steps", "batch_size", "checkpoint_every", "keep_last_k", "num_workers", "log_every"):
         if not isinstance(train[k], int) or train[k] < 1:
             raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
-    for k in ("max_failures", "image_every", "image_count", "val_pairs"):
+    for k in ("max_failures", "image_every", "image_count", "val_pairs", "val_images"):
         if not isinstance(train[k], int) or train[k] < 0:
             raise ConfigError(f"train.{k} must be an integer >= 0, got {train[k]!r}")
     model = params.get("model") or {}
     if "map" not in model or "potential" not in model:
         raise ConfigError("params need model.map and model.potential")
     check_sizes(model["map"], model["potential"], int(train["lr_crop"]), int(train["hr_crop"]))
-    solver = dict(params.get("solver") or {})
-    solver_cfg(solver)  # validates
+    if not isinstance(guard["patience"], int) or guard["patience"] < 0:
+        raise ConfigError(f"train.guard.patience must be an integer >= 0 (0 = off), got {guard['patience']!r}")
+    solver_cfg(dict(params.get("solver") or {}))  # validates
     params["train"] = train
     params.setdefault("seed", 0)
     return params
@@ -117,252 +127,8 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def solver_cfg(solver: dict) -> dict:
-    from ots.solver import SolverConfig
-
-    cfg = {k: v for k, v in solver.items() if k not in ("cost", "anchor_every")}
-    cfg["check_every"] = 0  # the train loop checks (collectively) at log/checkpoint steps
-    SolverConfig.from_dict(cfg)
-    return cfg
-
-
 def _abs_local(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
-
-
-# -- worker ---------------------------------------------------------------------------------------------------
-def _psnr(a, b) -> float:
-    """PSNR (dB) of [-1, 1] tensors, on the [0, 1] scale."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).square().mean().item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def _val_crops(uri: str, n: int, lr_crop: int, scale: int):
-    import numpy as np
-
-    from ots.data import read_val_pairs
-    from ots.data.loader import crops_to_tensor
-
-    lrs, hrs = [], []
-    for _, lr, hr in read_val_pairs(uri)[:n]:
-        h, w = lr.shape[:2]
-        if h < lr_crop or w < lr_crop:
-            continue
-        y, x = (h - lr_crop) // 2, (w - lr_crop) // 2
-        lrs.append(lr[y : y + lr_crop, x : x + lr_crop])
-        hrs.append(hr[y * scale : (y + lr_crop) * scale, x * scale : (x + lr_crop) * scale])
-    if not lrs:
-        return None, None
-    return crops_to_tensor(np.stack(lrs)), crops_to_tensor(np.stack(hrs))
-
-
-def _grid_png(path: str, columns: list) -> None:
-    """Rows = samples, columns = [-1, 1] NCHW tensors of the same HR size; 2-px gaps."""
-    import numpy as np
-    from PIL import Image
-
-    cols = [((c.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-            for c in columns]
-    n, h, w, _ = cols[0].shape
-    gap = 2
-    img = np.full((n * h + (n - 1) * gap, len(cols) * w + (len(cols) - 1) * gap, 3), 255, np.uint8)
-    for i in range(n):
-        for j, c in enumerate(cols):
-            img[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = c[i]
-    Image.fromarray(img).save(path)
-
-
-def train_loop(config: dict) -> None:  # noqa: C901 - one readable loop
-    import ray.train
-    import torch
-    import torch.nn.functional as F
-
-    from ots.costs import ReferenceMap, WeightedCost, unwrap
-    from ots.data import CropStream
-    from ots.models import build_map, build_potential
-    from ots.solver import OTSSolver, resume, save_checkpoint
-
-    params, run_id, tracking_uri = config["params"], config["mlflow_run_id"], config["tracking_uri"]
-    train, seed = params["train"], int(params["seed"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    device = ray.train.torch.get_device() if train["use_gpu"] else torch.device("cpu")
-
-    torch.manual_seed(seed)
-    T, f = build_map(params["model"]["map"]), build_potential(params["model"]["potential"])
-    scale = int(params["model"]["map"].get("scale", 4))
-    solver_section = params.get("solver") or {}
-    solver = OTSSolver(T, f, WeightedCost(solver_section.get("cost", "mse")),
-                       ReferenceMap(scale, int(solver_section.get("anchor_every", 0))),
-                       solver_cfg(solver_section), device=device, distributed=dist)
-    k_T, B = solver.cfg.k_T, int(train["batch_size"])
-    uri = train["dataset"]
-    lr_stream = CropStream(uri, "lr", crop=train["lr_crop"], batch_size=B, seed=seed, rank=rank, world_size=world)
-    hr_stream = CropStream(uri, "hr", crop=train["hr_crop"], batch_size=B, seed=seed, rank=rank, world_size=world)
-    pos = {"lr": 0, "hr": 0}
-    best = {"val_psnr": None, "step": None}
-
-    ckpt = ray.train.get_checkpoint()
-    resumed_from = 0
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = resume(solver, os.path.join(d, CKPT))
-        extra = state.get("extra") or {}
-        pos.update(extra.get("data", {}).get("position", {}))
-        best.update(extra.get("best") or {})
-        run_id = extra.get("mlflow_run_id", run_id)
-        resumed_from = solver.step_count
-
-    def next_lr():
-        b = pos["lr"]
-        pos["lr"] += 1
-        return lr_stream.batch(b)
-
-    def next_hr():
-        b = pos["hr"]
-        pos["hr"] += 1
-        return hr_stream.batch(b)
-
-    # Rank 0: MLflow client, fixed crops for image grids / val PSNR.
-    client, last_logged, logged, replay_diff = None, 0, {}, 0.0
-    if rank == 0:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        if resumed_from:
-            logged = {m.step: m.value for m in client.get_metric_history(run_id, "loss_map")}
-            last_logged = max(logged, default=0)
-            client.set_tag(run_id, "resumed_from_step", str(resumed_from))
-            print(f"train: resumed from step {resumed_from} (attempt with {world} worker(s))", flush=True)
-        fixed_lr = CropStream(uri, "lr", crop=train["lr_crop"], batch_size=max(1, train["image_count"]),
-                              seed=seed + 7919, augment=False).batch(0)[: train["image_count"]]
-        val_lr, val_hr = _val_crops(uri, train["val_pairs"], train["lr_crop"], scale)
-
-    node_ids = [ray.get_runtime_context().get_node_id()]
-    if dist and world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, node_ids[0])
-        node_ids = gathered
-
-    def forward_map(x):
-        net = unwrap(solver.T)
-        was = net.training
-        net.eval()
-        with torch.no_grad():
-            y = net(x.to(device)).float().cpu()
-        net.train(was)
-        return y
-
-    def log_images(step: int) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            for tag, lr, hr in (("train", fixed_lr, None), ("val", val_lr, val_hr)):
-                if lr is None or len(lr) == 0:
-                    continue
-                up = [F.interpolate(lr, scale_factor=scale, mode="nearest"),
-                      F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False),
-                      forward_map(lr)]
-                p = os.path.join(tmp, f"{tag}_step{step:06d}.png")
-                _grid_png(p, up + ([hr] if hr is not None else []))
-                client.log_artifact(run_id, p, artifact_path=f"images/{tag}")
-
-    def collective_finite() -> str | None:
-        msg = None
-        try:
-            solver.check_finite()
-        except NonFiniteLossError as e:
-            msg = str(e)
-        if dist and world > 1:
-            flag = torch.tensor([1.0 if msg else 0.0], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() and not msg:
-                msg = f"non-finite loss on another rank by step {solver.step_count}"
-        return msg
-
-    target = int(train["steps"])
-    marker = Path(config["marker_dir"]) / f".failure-injected-{config['run_name']}"
-    t_last, steps_since = time.perf_counter(), 0
-    while solver.step_count < target:
-        losses = solver.step(next_lr, next_hr)
-        step = solver.step_count
-        steps_since += 1
-        if train["inject_nan_at_step"] is not None and step == int(train["inject_nan_at_step"]):
-            with torch.no_grad():
-                for p in unwrap(solver.T).parameters():
-                    p.fill_(float("nan"))
-        do_log = step % train["log_every"] == 0 or step == target
-        do_ckpt = step % train["checkpoint_every"] == 0 or step == target
-        do_img = rank == 0 and train["image_every"] and (step % train["image_every"] == 0 or step == target)
-        if do_log or do_ckpt:
-            bad = collective_finite()
-            if bad:  # every rank stops here; rank 0 leaves the message next to the checkpoints for the driver
-                if rank == 0:
-                    _write_storage(ctx.get_storage(), NONFINITE, json.dumps({"step": step, "error": bad}))
-                ray.train.report({"step": step, "nonfinite": bad})
-                return
-        metrics = {}
-        if do_log:
-            dt = time.perf_counter() - t_last
-            crops = steps_since * (k_T + 1) * B * world
-            metrics = {k: float(v.float().item()) for k, v in losses.items()}
-            metrics["crops_per_s"] = crops / max(dt, 1e-9)
-            metrics["steps_per_s"] = steps_since / max(dt, 1e-9)
-            t_last, steps_since = time.perf_counter(), 0
-            if rank == 0:
-                if train["progress"]:
-                    print(f"train: step {step}/{target} loss_map={metrics['loss_map']:.4f} "
-                          f"loss_potential={metrics['loss_potential']:.4f} cost={metrics['cost']:.4f} "
-                          f"crops/s={metrics['crops_per_s']:.1f}", flush=True)
-                if step <= last_logged and step in logged:  # replayed after a restart: compare, don't re-log
-                    diff = abs(metrics["loss_map"] - logged[step])
-                    replay_diff = max(replay_diff, diff)
-                    client.log_metric(run_id, "resume_replay_diff", replay_diff, step=step)
-                    print(f"train: replayed step {step}: |loss_map - logged| = {diff:.3g}", flush=True)
-                if step > last_logged:
-                    from mlflow.entities import Metric
-
-                    ts = int(time.time() * 1000)
-                    client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
-        if do_img and step > last_logged:
-            log_images(step)
-        if rank == 0 and train["inject_failure_at_step"] is not None and step == int(train["inject_failure_at_step"]) \
-                and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(step))
-            raise RuntimeError(f"injected failure at step {step}")
-        if do_ckpt:
-            report = {"step": step, "resumed_from": resumed_from, "node_ids": ",".join(node_ids), **metrics}
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    if val_lr is not None:
-                        v = _psnr(forward_map(val_lr), val_hr)
-                        report["val_psnr"] = v
-                        if step > last_logged:
-                            client.log_metric(run_id, "val_psnr", v, step=step)
-                    extra = {"data": {"position": dict(pos), "seed": seed, "world_size": world},
-                             "mlflow_run_id": run_id, "best": dict(best), "run_name": config["run_name"]}
-                    v = report.get("val_psnr")
-                    is_best = v is not None and (best["val_psnr"] is None or v > best["val_psnr"])
-                    if is_best:
-                        best = {"val_psnr": report["val_psnr"], "step": step}
-                        extra["best"] = dict(best)
-                    save_checkpoint(os.path.join(d, CKPT), solver, config=params, extra=extra)
-                    with open(os.path.join(d, "meta.json"), "w") as fh:
-                        json.dump({"step": step, "val_psnr": report.get("val_psnr"), "mlflow_run_id": run_id}, fh)
-                    if is_best:
-                        _upload_best(ctx.get_storage(), d)
-                    report["best_val_psnr"] = best["val_psnr"]
-                    report["best_step"] = best["step"]
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(report, checkpoint=checkpoint)
-
-
-def _write_storage(storage, name: str, text: str) -> None:
-    fs, root = storage.storage_filesystem, storage.experiment_fs_path
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{name}") as fh:
-        fh.write(text.encode())
 
 
 def _read_storage(fs, path: str) -> str | None:
@@ -373,16 +139,6 @@ def _read_storage(fs, path: str) -> str | None:
         return None
     with fs.open_input_stream(path) as fh:
         return fh.read().decode()
-
-
-def _upload_best(storage, local_dir: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, dest = storage.storage_filesystem, f"{storage.experiment_fs_path}/best"
-    fs.create_dir(dest, recursive=True)
-    for name in (CKPT, "meta.json"):  # checkpoint first: meta.json names a complete checkpoint
-        pafs.copy_files(os.path.join(local_dir, name), f"{dest}/{name}",
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
@@ -461,8 +217,10 @@ def run(params: dict) -> dict:
     tracking_uri = resolve_tracking_uri(train["mlflow"]["tracking_uri"])
     client = mlflow_client(tracking_uri)
     exp_id = get_or_create_experiment(client, train["mlflow"]["experiment"])
-    run_name = train["run_name"] or f"ots-{time.strftime('%Y%m%d-%H%M%S')}"
-    mrun = client.create_run(exp_id, run_name=run_name, tags={"ots.stage": "train", "ots.ray_run": run_name})
+    kind = (params.get("solver") or {}).get("kind", "ots")
+    run_name = train["run_name"] or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    mrun = client.create_run(exp_id, run_name=run_name, tags={"ots.stage": "train", "ots.ray_run": run_name,
+                                                                    "ots.solver": kind})
     run_id = mrun.info.run_id
     if not train["run_name"]:
         run_name = f"{run_name}-{run_id[:8]}"
@@ -482,7 +240,8 @@ def run(params: dict) -> dict:
         failure_config=FailureConfig(max_failures=train["max_failures"]),
     )
     loop_config = {"params": params, "mlflow_run_id": run_id, "tracking_uri": tracking_uri,
-                   "run_name": run_name, "marker_dir": str(out_dir)}
+                   "run_name": run_name, "marker_dir": str(out_dir),
+                   **{k: int(os.environ[v]) for k, v in TEST_HOOKS.items() if os.environ.get(v)}}
     trainer = TorchTrainer(train_loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
     t0 = time.perf_counter()
     try:
@@ -502,9 +261,14 @@ def run(params: dict) -> dict:
         client.set_terminated(run_id, "FAILED")
         where = f"{storage_uri.rstrip('/')}/{run_name}/{os.path.basename(ckpt_path)}" if ckpt_path else "none"
         raise NonFiniteLossError(f"{json.loads(nonfinite)['error']}; last good checkpoint: {where}")
-    if last_ckpt is None or int(metrics.get("step", -1)) != train["steps"]:
+    diverged = metrics.get("diverged")
+    if last_ckpt is None or (int(metrics.get("step", -1)) != train["steps"] and not diverged):
         client.set_terminated(run_id, "FAILED")
         raise TrainingError(f"training stopped at step {metrics.get('step')} of {train['steps']}")
+    if diverged:  # the guard stopped a diverging run: say so, keep the best map, let evaluate/register judge it
+        print(f"train: {diverged}; keeping the best map (step {metrics.get('best_step')}, "
+              f"val SWD {metrics.get('best_val_swd', float('nan')):.2f})", flush=True)
+        client.set_tag(run_id, "ots.stopped_early", diverged)
 
     final = out_dir / "final.pt"
     with last_ckpt.as_directory() as d:
@@ -531,9 +295,10 @@ def run(params: dict) -> dict:
         "final_checkpoint_storage": f"{storage_uri.rstrip('/')}/{run_name}/{os.path.basename(ckpt_path)}",
         "best_checkpoint": best_path,
         "best_checkpoint_storage": best_remote,
-        "best_metric": {"name": "val_psnr", "value": metrics.get("best_val_psnr"), "step": metrics.get("best_step")},
-        "final_metrics": {k: metrics[k] for k in ("loss_map", "loss_potential", "cost", "crops_per_s", "val_psnr")
-                          if k in metrics},
+        "best_metric": {"name": "val_swd", "value": metrics.get("best_val_swd"), "step": metrics.get("best_step")},
+        "final_metrics": {k: metrics[k] for k in ("loss_map", "loss_potential", "cost", "crops_per_s", "val_swd",
+                                                  "val_psnr") if k in metrics},
+        "stopped_early": diverged,
         "resumed_from": metrics.get("resumed_from", 0),
         "num_workers": train["num_workers"],
         "worker_nodes": [n for n in str(metrics.get("node_ids", "")).split(",") if n] or None,

@@ -234,24 +234,17 @@ def trial_fn(config: dict, ctx: dict) -> None:
     import torch
     from ray import tune as rt
 
-    from ots.costs import ReferenceMap, WeightedCost
+    from ots.build import build_solver
     from ots.data import CropStream
-    from ots.models import build_map, build_potential
-    from ots.solver import OTSSolver
-    from pipelines.train import solver_cfg
+    from pipelines.worker import solver_cfg
 
     overrides = {k: _plain(v) for k, v in config.items()}
     params = apply_overrides(ctx["params"], overrides)
     train, seed, tune = params["train"], int(params["seed"]), ctx["tune"]
     torch.set_num_threads(max(1, int(ctx["threads"])))
-    torch.manual_seed(seed)
-    T, f = build_map(params["model"]["map"]), build_potential(params["model"]["potential"])
-    scale = int(params["model"]["map"].get("scale", 4))
-    sol = params["solver"]
-    solver = OTSSolver(T, f, WeightedCost(sol.get("cost", "mse")), ReferenceMap(scale, int(sol.get("anchor_every", 0))),
-                       solver_cfg(sol), device="cpu", distributed=False)
+    solver = build_solver(params["model"], solver_cfg(params["solver"]), device="cpu", distributed=False, seed=seed)
     B, uri = int(train["batch_size"]), train["dataset"]
-    lr_stream = CropStream(uri, "lr", crop=train["lr_crop"], batch_size=B, seed=seed)
+    lr_stream = CropStream(uri, "lr", crop=train["lr_crop"] + 2 * solver.cfg.margin, batch_size=B, seed=seed)
     hr_stream = CropStream(uri, "hr", crop=train["hr_crop"], batch_size=B, seed=seed)
     pos = {"lr": 0, "hr": 0}
 
@@ -271,10 +264,12 @@ def trial_fn(config: dict, ctx: dict) -> None:
         inception = build_inception(tune["inception_weights"])
 
     def evaluate() -> float:
+        T = solver.map_for_eval
+        was = T.training
         T.eval()
         with torch.no_grad():
             sr = T(val_lr).float().clamp(-1, 1)
-        T.train()
+        T.train(was)
         if metric == "fid":
             from ots.metrics import fid
 

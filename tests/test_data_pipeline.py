@@ -20,7 +20,8 @@ def demo_dir(tmp_path_factory):
 def test_demo_set_is_aim19_like_disjoint_and_deterministic(demo_dir, tmp_path):
     meta = build_demo(demo_dir, seed=0, progress=False)
     hr, lr, val = set(meta["hr"]), set(meta["lr"]), set(meta["val"])
-    assert hr and lr and val and not (hr & lr) and not (hr & val) and not (lr & val)
+    # content-matched: both domains come from the same photos, validation photos are held out
+    assert hr and hr == {k.split("/")[0] for k in lr} and val and not (hr & val)
     src = scan_aim19(demo_dir)
     assert not src.invalid and not src.fatal
     for name, lr_img, hr_img in src.val:
@@ -38,15 +39,58 @@ def test_demo_set_is_aim19_like_disjoint_and_deterministic(demo_dir, tmp_path):
     assert other["lr"] != meta["lr"]
 
 
+def test_demo_domains_share_photos_but_no_pixels(demo_dir):
+    """Each training photo gives HR cells and degraded LR cells (a checkerboard): unpaired, content-matched,
+    disjoint."""
+    import numpy as np
+    from PIL import Image
+
+    from ots.data.demo import demo_photos
+
+    meta = build_demo(demo_dir, seed=0, progress=False)  # cached from the test above
+    photos = {p.stem: p for p in demo_photos()}
+    assert set(meta["regions"]) == set(meta["hr"])
+    for name, r in meta["regions"].items():
+        h, w = r["size"]
+        owner = np.zeros((h, w), np.int8)  # 1 = HR, 2 = LR: every pixel in exactly one cell
+        for k, (y0, y1, x0, x1) in enumerate(r["hr"]):
+            assert not owner[y0:y1, x0:x1].any(), f"{name}: cells overlap"
+            owner[y0:y1, x0:x1] = 1
+            assert load_image(demo_dir / "train_clean" / name / f"{k:03d}.png").shape[:2] == (y1 - y0, x1 - x0)
+        for k, (y0, y1, x0, x1) in enumerate(r["lr"]):
+            assert not owner[y0:y1, x0:x1].any(), f"{name}: cells overlap"
+            owner[y0:y1, x0:x1] = 2
+            lr_img = load_image(demo_dir / "train_noisy" / name / f"{k:03d}.png")
+            assert lr_img.shape[:2] == ((y1 - y0) // 4, (x1 - x0) // 4)
+        assert (owner > 0).all() and (owner == 1).any() and (owner == 2).any()
+        photo = load_image(photos[name])
+        if max(photo.shape[:2]) > 1024:
+            continue  # resized before the split: compare content only for photos kept at full size
+        y0, y1, x0, x1 = r["hr"][0]
+        assert np.array_equal(load_image(demo_dir / "train_clean" / name / "000.png"), photo[y0:y1, x0:x1])
+        y0, y1, x0, x1 = r["lr"][0]  # the LR cell is a degraded copy of its own region
+        lr_img = load_image(demo_dir / "train_noisy" / name / "000.png")
+        own = np.asarray(Image.fromarray(photo[y0:y1, x0:x1]).resize(lr_img.shape[1::-1], Image.BICUBIC))
+        assert np.corrcoef(own.ravel().astype(float), lr_img.ravel().astype(float))[0, 1] > 0.5
+
+
+def test_demo_whole_photo_split_is_still_available(tmp_path):
+    meta = build_demo(tmp_path / "photos-split", seed=0, progress=False, split="photos")
+    hr, lr, val = set(meta["hr"]), set(meta["lr"]), set(meta["val"])
+    assert hr and lr and val and not (hr & lr) and not (hr & val) and not (lr & val)
+    with pytest.raises(DataError, match="demo split must be one of"):
+        build_demo(tmp_path / "bad", seed=0, progress=False, split="halves")
+
+
 def test_demo_from_user_photos(tmp_path):
     from conftest import write_png
 
     for i in range(4):
         write_png(tmp_path / "photos" / f"p{i}.png", 160, 200, i)
     meta = build_demo(tmp_path / "out", photos=tmp_path / "photos", seed=0, progress=False)
-    assert len(meta["hr"]) + len(meta["lr"]) + len(meta["val"]) == 4
-    lr_name = next(iter(meta["lr"]))
-    assert load_image(tmp_path / "out" / "train_noisy" / f"{lr_name}.png").shape == (40, 50, 3)
+    assert len(meta["hr"]) + len(meta["val"]) == 4 and {k.split("/")[0] for k in meta["lr"]} == set(meta["hr"])
+    lr_name = next(iter(meta["lr"]))  # 160x200 in 128-px cells: 1 x 2 cells of 160 x 100 -> LR 40 x 25
+    assert load_image(tmp_path / "out" / "train_noisy" / f"{lr_name}.png").shape == (40, 25, 3)
     with pytest.raises(DataError, match="at least 3 photos"):
         build_demo(tmp_path / "none", photos=tmp_path / "empty", progress=False)
 

@@ -29,6 +29,19 @@ def test_decide_rules():
     assert d(0.3, 0.2, has_champion=True, metric="val_lpips", greater_is_better=False)[0] is False
 
 
+def test_bicubic_floor_rules():
+    f = register.below_floor
+    good = {"val_swd": 8.0, "val_bicubic_swd": 10.0, "val_psnr": 18.7, "val_bicubic_psnr": 19.0}
+    assert f(good, "val_swd", False, "bicubic", 0.5) is None
+    assert "not better than bicubic" in f({**good, "val_swd": 10.0}, "val_swd", False, "bicubic", 0.5)
+    assert "more than 0.5 dB below bicubic" in f({**good, "val_psnr": 18.4}, "val_swd", False, "bicubic", 0.5)
+    assert f({**good, "val_psnr": 18.4}, "val_swd", False, "bicubic", None) is None
+    assert "is missing" in f({"val_swd": 1.0}, "val_swd", False, "bicubic", 0.5)
+    assert f({"val_swd": 12.0}, "val_swd", False, None, 0.5) is None  # no floor configured
+    assert "not better than bicubic" in f({"val_psnr": 18.0, "val_bicubic_psnr": 19.0}, "val_psnr", True,
+                                          "bicubic", None)
+
+
 @pytest.fixture
 def tracking(mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
@@ -86,7 +99,8 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
         ({"val_psnr": float("nan")}, False, "4", "has no val_psnr"),
     ]
     for i, (metrics, moves, expected, words) in enumerate(cases, start=2):
-        r = register.register_version(model_uri, name, metrics, run_id=run.info.run_id)
+        r = register.register_version(model_uri, name, metrics, run_id=run.info.run_id, metric="val_psnr",
+                                      greater_is_better=True, floor=None)
         assert r["version"] == str(i) and r["alias_moved"] is moves and words in r["reason"], r
         assert champion() == expected
         mv = client.get_model_version(name, str(i))
@@ -96,8 +110,17 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
 
     # lower-is-better metric on the same registry
     r = register.register_version(model_uri, name, {"val_psnr": 1.0, "val_swd": 1.0}, metric="val_swd",
-                                  greater_is_better=False)
+                                  greater_is_better=False, floor=None)
     assert not r["alias_moved"] and "champion v4 has no val_swd" in r["reason"]
+
+    # bicubic is the floor (the defaults): a map worse than bicubic is registered but never champion, and why
+    broken = {"val_swd": 12.0, "val_bicubic_swd": 10.0, "val_psnr": 25.0, "val_bicubic_psnr": 19.0}
+    r = register.register_version(model_uri, f"{name}-floor", broken, run_id=run.info.run_id)
+    assert not r["alias_moved"] and r["champion"] is None and "not better than bicubic" in r["reason"]
+    mv = client.get_model_version(f"{name}-floor", r["version"])
+    assert mv.tags["champion.decision"] == "kept" and "bicubic is the floor" in mv.description
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(f"{name}-floor", "champion")
 
 
 def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -113,12 +113,14 @@ def test_missing_dataset_fails_on_the_driver(tmp_path, capsys):
 
 # -- Ray, one node --------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, ray_local, mlflow_server, capsys):
+def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, ray_local, mlflow_server, capsys,
+                                                        monkeypatch):
     from mlflow import MlflowClient
 
     from ots.solver import load_checkpoint, load_map
 
-    params = make_params(tmp_path, tiny_dataset, mlflow_server, steps=8, inject_failure_at_step=5)
+    monkeypatch.setenv(train.TEST_HOOKS["inject_failure_at_step"], "5")
+    params = make_params(tmp_path, tiny_dataset, mlflow_server, steps=8)
     assert train.main(["--params", write(tmp_path, params)]) == 0
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["steps"] == 8 and summary["resumed_from"] == 4  # resumed from the step-4 checkpoint, not 0
@@ -145,7 +147,12 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
     replay = client.get_metric_history(run.info.run_id, "resume_replay_diff")
     assert [m.step for m in replay] == [5] and replay[0].value < 1e-5
     assert {m.step for m in client.get_metric_history(run.info.run_id, "crops_per_s")} == set(range(1, 9))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_psnr")] == [2, 4, 6, 8]
+    for metric in ("val_psnr", "val_swd", "val_bicubic_swd", "val_bicubic_psnr"):  # curves from step 0
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 2, 4, 6, 8]
+    assert len({m.value for m in client.get_metric_history(run.info.run_id, "val_bicubic_swd")}) == 1
+    best = load_checkpoint(summary["best_checkpoint"])  # selected by val SWD, not by PSNR and not the last
+    swd = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_swd")}
+    assert summary["best_metric"]["name"] == "val_swd" and best["step"] == min(swd, key=swd.get)
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert arts == {"checkpoints/final.pt"}
     images = {a.path for a in client.list_artifacts(run.info.run_id, "images/val")}
@@ -155,11 +162,12 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
 
 
 @pytest.mark.slow
-def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, tiny_dataset, ray_local, capsys):
+def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, tiny_dataset, ray_local, capsys, monkeypatch):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = make_params(tmp_path, tiny_dataset, uri, inject_nan_at_step=3, image_every=0)
+    monkeypatch.setenv(train.TEST_HOOKS["inject_nan_at_step"], "3")
+    params = make_params(tmp_path, tiny_dataset, uri, image_every=0)
     assert train.main(["--params", write(tmp_path, params)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("train: error: non-finite loss_map at step 4") and "last good checkpoint" in err
@@ -169,6 +177,32 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, tiny_dataset, ray_loc
     assert not (tmp_path / "out" / "run.json").exists()
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("test-train").experiment_id])
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_divergence_guard_stops_and_keeps_the_best_map(tmp_path, tiny_dataset, ray_local, capsys):
+    """A map pushed far from R(x) (huge map learning rate, almost no cost) must be stopped by the guard, and the
+    map kept must be the best one seen (here the untrained map = bicubic), not the diverged last one."""
+    from mlflow import MlflowClient
+
+    from ots.solver import load_checkpoint, load_map
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, tiny_dataset, uri, steps=20, image_every=0, guard={"patience": 2})
+    params["solver"].update(lr_map=0.05, cost={"mse": 1e-4})
+    assert train.main(["--params", write(tmp_path, params)]) == 0
+    out = capsys.readouterr().out
+    assert "train: stopped at step 4: val SWD" in out and "worse than bicubic" in out
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["steps"] == 4 and summary["stopped_early"].startswith("stopped at step 4")
+    best = load_checkpoint(summary["best_checkpoint"])
+    assert best["step"] == 0 and summary["best_metric"]["step"] == 0
+    x = torch.rand(1, 3, 8, 8)
+    bic = torch.nn.functional.interpolate(x * 2 - 1, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(load_map(summary["best_checkpoint"])(x * 2 - 1), bic, atol=1e-5)
+    assert not torch.allclose(load_map(summary["final_checkpoint"])(x * 2 - 1), bic, atol=1e-2)
+    run = MlflowClient(uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["ots.stopped_early"] == summary["stopped_early"]
 
 
 # -- Ray, two nodes, S3 storage -------------------------------------------------------------------------------

@@ -12,11 +12,23 @@ def _config(args):
                        overlap=args.overlap, shard_bytes=int(args.shard_mb * (1 << 20)))
 
 
+def _demo_options(args) -> dict:
+    return {"max_side": args.max_side, "val_crop": args.val_crop, "split": args.split, "cell": args.cell}
+
+
 def _demo(args) -> int:
     from ots.data.demo import build_demo
 
-    meta = build_demo(args.out, photos=args.photos, seed=args.seed)
+    meta = build_demo(args.out, photos=args.photos, seed=args.seed, **_demo_options(args))
     print(json.dumps({"out": args.out, "hr": meta["hr"], "lr": sorted(meta["lr"]), "val": sorted(meta["val"])}))
+    return 0
+
+
+def _photos(args) -> int:
+    from ots.data.photos import gather_photos
+
+    names = gather_photos(args.out, debian=not args.no_debian)
+    print(json.dumps({"out": args.out, "photos": {k: len(v) for k, v in names.items()}}))
     return 0
 
 
@@ -24,7 +36,8 @@ def _prepare(args) -> int:
     from ots.data.shards import prepare_dataset
 
     m, written = prepare_dataset(args.source, args.out, photos=args.photos, work_dir=args.work, seed=args.seed,
-                                 cfg=_config(args), skip_invalid=args.skip_invalid)
+                                 cfg=_config(args), skip_invalid=args.skip_invalid,
+                                 demo_options=_demo_options(args))
     print(json.dumps({"out": args.out, "written": written, "counts": m["counts"], "shards": len(m["shards"]),
                       "skipped": m["skipped"]}))
     return 0
@@ -39,6 +52,15 @@ def _info(args) -> int:
                       "shards": [{k: s[k] for k in ("name", "rows", "bytes")} for s in m["shards"]],
                       "source": m["source"], "params": m["params"], "skipped": m["skipped"]}, indent=2))
     return 0
+
+
+def add_demo_args(p) -> None:
+    p.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to at most this many px")
+    p.add_argument("--val-crop", type=int, default=256, help="side of the centre crop of each validation photo")
+    p.add_argument("--split", choices=("regions", "photos"), default="regions",
+                   help="regions: HR and LR domains from disjoint checkerboard cells of the same photos "
+                        "(default); photos: whole photos split between the domains")
+    p.add_argument("--cell", type=int, default=160, help="with --split regions: cell size in HR px")
 
 
 def add_shard_args(p) -> None:
@@ -58,7 +80,14 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="data/demo_src")
     p.add_argument("--photos", help="folder of your own colour photos (default: scikit-image's)")
     p.add_argument("--seed", type=int, default=0)
+    add_demo_args(p)
     p.set_defaults(func=_demo)
+
+    p = dsub.add_parser("photos", help="gather real photos shipped in packages (Debian wallpapers, scikit-image, "
+                                       "scikit-learn) into a folder for `ots data demo --photos`")
+    p.add_argument("--out", default="data/photos")
+    p.add_argument("--no-debian", action="store_true", help="skip apt-get download of the wallpaper packages")
+    p.set_defaults(func=_photos)
 
     p = dsub.add_parser("prepare", help="write Parquet shards + manifest from 'demo' or an AIM19 folder")
     p.add_argument("--source", default="demo", help="'demo' or the path of an AIM19-layout folder")
@@ -67,6 +96,7 @@ def add_commands(sub) -> None:
     p.add_argument("--work", default="data/demo_src", help="with --source demo: where the demo PNGs go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-invalid", action="store_true", help="skip bad files and record them in the manifest")
+    add_demo_args(p)
     add_shard_args(p)
     p.set_defaults(func=_prepare)
 

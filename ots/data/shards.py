@@ -337,17 +337,20 @@ def prepare_dataset(
     skip_invalid: bool = False,
     storage_options: dict | None = None,
     progress: bool = True,
+    demo_options: dict | None = None,
 ) -> tuple[dict, bool]:
     """The ``prepare`` stage: ``source`` is ``"demo"`` (built into ``work_dir`` from the scikit-image
-    photos or ``photos``) or the path of an AIM19-layout folder; shards go to ``output`` (path or URI)."""
+    photos or ``photos``; ``demo_options`` go to ``build_demo``) or the path of an AIM19-layout folder;
+    shards go to ``output`` (path or URI)."""
     extra: dict = {"source": "aim19"}
     if source == "demo":
         from ots.data.demo import build_demo
 
         work = Path(work_dir or "data/demo_src")
-        meta = build_demo(work, photos=photos, seed=seed, progress=progress)
+        meta = build_demo(work, photos=photos, seed=seed, progress=progress, **(demo_options or {}))
         extra = {"source": "demo", "seed": seed, "degradation": {k: meta[k] for k in ("lr", "val")},
-                 "split": {"hr": meta["hr"], "lr": sorted(meta["lr"]), "val": sorted(meta["val"])}}
+                 "split": {"hr": meta["hr"], "lr": sorted(meta["lr"]), "val": sorted(meta["val"]),
+                           "regions": meta.get("regions", {})}}
         src_dir = work
     else:
         src_dir = Path(os.path.expanduser(source))

@@ -23,7 +23,7 @@ from ots.metrics.fid import (
 )
 from ots.metrics.fidelity import psnr, psnr_batch, quantize_uint8, rgb_to_y, ssim, ssim_batch
 from ots.metrics.perceptual import build_lpips, lpips_distance
-from ots.metrics.swd import laplacian_pyramid, sliced_wasserstein, swd
+from ots.metrics.swd import EVAL_PATCHES, laplacian_pyramid, sliced_wasserstein, swd
 
 __all__ = [
     "build_inception",
@@ -66,6 +66,7 @@ def evaluate(
     fid_crop: int = 128,
     fid_crops_per_image: int = 1,
     seed: int = 0,
+    swd_patches: int = EVAL_PATCHES,
 ) -> dict[str, Any]:
     """All metrics for paired lists of (3, H, W) images in [0, 1] (SR outputs and their HR references).
 
@@ -92,6 +93,6 @@ def evaluate(
     else:
         out["fid"] = None
         out["unavailable"].setdefault("fid", "no Inception model given")
-    s = swd(sr, hr, seed=seed)
+    s = swd(sr, hr, seed=seed, patches_per_image=swd_patches)
     out["swd"], out["swd_levels"] = s["mean"], s["levels"]
     return out

@@ -36,7 +36,7 @@ class ResNetPotential(nn.Module):
     s0 = 4
 
     def __init__(self, crop: int = 128, n_filters: int = 64, max_filters: int = 512, res_ratio: float = 0.1,
-                 in_channels: int = 3):
+                 in_channels: int = 3, init: str = "default"):
         super().__init__()
         if crop < 2 * self.s0:
             raise ConfigError(f"potential crop must be >= {2 * self.s0} px, got {crop}")
@@ -55,6 +55,14 @@ class ResNetPotential(nn.Module):
         self.resnet = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(self.s0)
         self.fc = nn.Linear(nf(n_layers + 1) * self.s0 * self.s0, 1)
+        if init not in ("default", "kaiming"):
+            raise ConfigError(f"potential init must be 'default' or 'kaiming', got {init!r}")
+        if init == "kaiming":  # the reference code's weights_init_D
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.kaiming_normal_(m.weight, a=0.2, nonlinearity="leaky_relu")
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.in_channels, "potential input")

@@ -25,7 +25,19 @@ class ResBlock(nn.Module):
         return x + self.res_scale * self.body(x)
 
 
-def upsampler(scale: int, n_features: int) -> nn.Sequential:
+def icnr_(conv: nn.Conv2d, r: int) -> None:
+    """ICNR (Aitken et al., 2017): every sub-pixel of a PixelShuffle(r) starts as a copy of the same kernel, so
+    the untrained upsampler is a nearest-neighbour upsample and shows no checkerboard."""
+    out, cin, kh, kw = conv.weight.shape
+    base = torch.empty(out // (r * r), cin, kh, kw)
+    nn.init.kaiming_normal_(base, nonlinearity="relu")
+    with torch.no_grad():
+        conv.weight.copy_(base.repeat_interleave(r * r, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias.view(-1, r * r)[:, :1].expand(-1, r * r).reshape(-1))
+
+
+def upsampler(scale: int, n_features: int, icnr: bool = False) -> nn.Sequential:
     """Sub-pixel upsampling: log2(scale) x2 stages for powers of two, one x3 stage for 3."""
     layers: list[nn.Module] = []
     if scale & (scale - 1) == 0:
@@ -35,6 +47,11 @@ def upsampler(scale: int, n_features: int) -> nn.Sequential:
         layers += [nn.Conv2d(n_features, 9 * n_features, 3, padding=1), nn.PixelShuffle(3)]
     else:
         raise ConfigError(f"EDSR scale must be 2, 3 or 4, got {scale}")
+    if icnr:
+        r = 3 if scale == 3 else 2
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                icnr_(layer, r)
     return nn.Sequential(*layers)
 
 
@@ -54,6 +71,7 @@ class EDSR(nn.Module):
         scale: int = 4,
         in_channels: int = 3,
         bicubic_skip: bool = True,
+        icnr: bool = False,
     ):
         super().__init__()
         if scale not in (2, 3, 4):
@@ -68,7 +86,7 @@ class EDSR(nn.Module):
             *[ResBlock(n_features, res_scale) for _ in range(n_blocks)],
             nn.Conv2d(n_features, n_features, 3, padding=1),
         )
-        self.upsample = upsampler(scale, n_features)
+        self.upsample = upsampler(scale, n_features, icnr)
         self.tail = nn.Conv2d(n_features, in_channels, 3, padding=1)
         if bicubic_skip:  # start exactly at bicubic: the residual branch outputs 0 at init
             nn.init.zeros_(self.tail.weight)
