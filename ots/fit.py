@@ -101,9 +101,10 @@ def plot_curves(path: str | Path, curves: dict[str, dict], title: str = "") -> N
         bic = None
         for name, c in curves.items():
             steps = [r["step"] for r in c["history"]]
-            ax.plot(steps, [r[key] for r in c["history"]], label=name, lw=1.2)
+            (line,) = ax.plot(steps, [r[key] for r in c["history"]], label=name, lw=1.2)
             if c["history"] and f"ema_{key}" in c["history"][0]:
-                ax.plot(steps, [r[f"ema_{key}"] for r in c["history"]], ls=":", lw=1.2, label=f"{name} (EMA)")
+                ax.plot(steps, [r[f"ema_{key}"] for r in c["history"]], ls=":", lw=1.6, color=line.get_color(),
+                        label=f"{name} (EMA)")
             bic = c["bicubic"][key]
         if bic is not None:
             ax.axhline(bic, color="k", ls="--", lw=1, label="bicubic")
