@@ -161,3 +161,19 @@ def test_flops_of_the_paper_config():
     f = count_flops(REFERENCE_MAP, REFERENCE_POTENTIAL, hr_crop=128, k_T=15)
     assert 180 < f["map_step_gflop"] < 192
     assert f["per_hr_crop_per_map_step_gflop"] == pytest.approx(f["map_step_gflop"] + f["potential_step_gflop"] / 15)
+
+
+def test_report_shows_runs_cut_short_and_the_training_curve(tmp_path, capsys):
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "fit" / "curve.json").write_text(json.dumps({
+        "device": "cuda", "wall_s": 181.0, "stopped": "time budget 180 s reached at step 900",
+        "bicubic": {"swd": 30.0, "psnr": 24.0}, "best": {"step": 900, "swd": 25.5, "psnr": 23.1},
+        "history": [{"step": 0, "swd": 40.0}, {"step": 900, "swd": 25.5, "psnr": 23.1}]}))
+    running = {"loop": "fast", "batch": 32, "bf16": True, "compile": "reduce-overhead"}
+    (tmp_path / "train_b32_bf16_compiled.json").write_text(json.dumps({"runs": [], "running": running}))
+    assert main(["bench", "report", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "cut short while running" in text and "reduce-overhead" in text
+    assert "time budget 180 s reached at step 900" in text and '"swd": 25.5' in text
+    assert text == (tmp_path / "summary.md").read_text() + "\n"
+    assert "env.json missing" in text and "infer.json | missing" in text

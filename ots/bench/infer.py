@@ -8,6 +8,7 @@ it measured.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -92,7 +93,8 @@ def add_bench_command(bench_sub) -> None:
                    help="torch.compile backend (default: inductor; aot_eager with --smoke)")
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks every code path in seconds")
     p.add_argument("--out", help="also write the JSON here (rewritten after every configuration)")
-    p.set_defaults(func=_cmd_bench)
+    # --smoke fills in only what the command line left at its default
+    p.set_defaults(func=functools.partial(_cmd_bench, defaults={k: p.get_default(k) for k in SMOKE}))
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -138,10 +140,11 @@ def _compiled(model: nn.Module, mode: str, backend: str) -> nn.Module:
     return torch.compile(model, backend=backend, dynamic=False, **kwargs)
 
 
-def _cmd_bench(args) -> int:
+def _cmd_bench(args, defaults: dict | None = None) -> int:
     if args.smoke:
         for k, v in SMOKE.items():
-            setattr(args, k, v)
+            if defaults is None or getattr(args, k) == defaults[k]:
+                setattr(args, k, v)
     args.compile_backend = args.compile_backend or ("aot_eager" if args.smoke else "inductor")
     dev = resolve_device(args.device)
     sizes, tiles, precisions, modes = _plan(args, dev)

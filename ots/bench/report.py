@@ -95,13 +95,16 @@ def _infer(d: Path) -> tuple[list[str], list[dict]]:
 
 
 def _fit(d: Path) -> list[str]:
+    """The run's curve (`ots fit` writes history rows, bicubic's scores, the best row, why it stopped)."""
     curve = _load(d / "fit" / "curve.json")
-    if curve is None:
+    if not isinstance(curve, dict):
         return ["fit/curve.json missing (see 4.log)"]
-    points = curve.get("points", curve) if isinstance(curve, dict) else curve
-    if isinstance(points, list) and points:
-        return [f"{len(points)} curve points; first: {json.dumps(points[0])}", f"last: {json.dumps(points[-1])}"]
-    return [json.dumps(curve)[:2000]]
+    history = curve.get("history") or []
+    lines = [f"device {curve.get('device')}, {curve.get('wall_s')} s, stopped: {curve.get('stopped')}",
+             f"bicubic: {json.dumps(curve.get('bicubic'))}", f"best: {json.dumps(curve.get('best'))}"]
+    if history:
+        lines += [f"{len(history)} validations; last: {json.dumps(history[-1])}"]
+    return [f"- {x}" for x in lines] + ["", "(curve: fit/curve.png, samples: fit/grid.png)"]
 
 
 def report(d: Path) -> tuple[str, dict]:

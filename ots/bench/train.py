@@ -10,6 +10,7 @@ run stopped by `timeout` keeps what it measured.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -228,7 +229,8 @@ def add_bench_command(bench_sub) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks every code path in seconds")
     p.add_argument("--out")
-    p.set_defaults(func=_bench)
+    # --smoke fills in only what the command line left at its default
+    p.set_defaults(func=functools.partial(_bench, defaults={k: p.get_default(k) for k in SMOKE}))
 
 
 def _modes(args) -> list[str]:
@@ -239,10 +241,11 @@ def _modes(args) -> list[str]:
     return modes
 
 
-def _bench(args) -> int:
+def _bench(args, defaults: dict | None = None) -> int:
     if args.smoke:
         for k, v in SMOKE.items():
-            setattr(args, k, v)
+            if defaults is None or getattr(args, k) == defaults[k]:
+                setattr(args, k, v)
     args.compile_backend = args.compile_backend or ("aot_eager" if args.smoke else "inductor")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     map_cfg = {"arch": "edsr", "n_blocks": args.blocks, "n_features": args.features, "scale": args.scale}
