@@ -76,6 +76,7 @@ def test_gpu_all_smoke_runs_parts_1_to_3_and_writes_their_json(tmp_path):
     for r in inf["results"]:
         assert r["output"] == [4 * r["input"][0]] * 2 and r["output_mp_per_s"] > 0 and r["peak_memory_mb"] > 0
     assert all(0 < r["relative_to_untiled"] for r in inf["results"][1:])
+    assert inf["results"][0]["model_only_mp_per_s"] > 0 and inf["results"][1]["model_only_mp_per_s"] is None
     assert inf["results"][2]["tiles"] == 4 and inf["results"][2]["pixels_processed_ratio"] == pytest.approx(
         (2 * 16) ** 2 / 24**2)
 

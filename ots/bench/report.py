@@ -70,8 +70,8 @@ def _train(d: Path) -> tuple[list[str], list[dict]]:
 
 
 def _infer(d: Path) -> tuple[list[str], list[dict]]:
-    lines = ["| file | input → output | precision | compile | tiling | output MP/s | vs untiled | peak MB | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| file | input → output | precision | compile | tiling | output MP/s (network alone) | vs untiled | "
+             "peak MB | note |", "|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for name in INFER_FILES:
         r = _load(d / name)
@@ -85,8 +85,9 @@ def _infer(d: Path) -> tuple[list[str], list[dict]]:
                 f"tile {x['tile']}, overlap {x.get('overlap')}: {x.get('tiles')} tiles, "
                 f"{_fmt(x.get('pixels_processed_ratio'), '.2f')}× px")
             rel = x.get("relative_to_untiled")
+            alone = f" ({x['model_only_mp_per_s']:.1f})" if x.get("model_only_mp_per_s") else ""
             lines.append(f"| {name} | {s}² → {out[0]}² | {x['precision']} | {x['compile']} | {tiling} | "
-                         f"{_fmt(x.get('output_mp_per_s'))} | {_fmt(100 * rel if rel else None, '.0f')}% | "
+                         f"{_fmt(x.get('output_mp_per_s'))}{alone} | {_fmt(100 * rel if rel else None, '.0f')}% | "
                          f"{_fmt(x.get('peak_memory_mb'), '.0f')} | {x.get('error', '')} |")
             rows.append({"file": name, **x})
         if r.get("running"):
