@@ -89,9 +89,9 @@ def test_gpu_all_smoke_compiled_parts(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert parts(tmp_path) == {"2c": "0", "3c": "0"}, done.stdout
     comp = json.loads((tmp_path / "train_b32_bf16_compiled.json").read_text())
-    (run,) = comp["runs"]  # aot_eager ignores modes: one compiled run, and the JSON says so
+    (run,) = comp["runs"]
     assert run["status"] == "ok" and run["compile"] == "reduce-overhead" and run["graphs_compiled"] >= 2
-    assert comp["notes"] and "ignores compile modes" in comp["notes"][0]
+    assert comp["config"]["compile_backend"] == "aot_eager" and run["profile"]
     inf = json.loads((tmp_path / "infer_compiled.json").read_text())
     assert {r["compile"] for r in inf["results"]} == {"default"} and all(r["status"] == "ok" for r in inf["results"])
 
@@ -178,3 +178,23 @@ def test_report_shows_runs_cut_short_and_the_training_curve(tmp_path, capsys):
     assert "time budget 180 s reached at step 900" in text and '"swd": 25.5' in text
     assert text == (tmp_path / "summary.md").read_text() + "\n"
     assert "env.json missing" in text and "infer.json | missing" in text
+
+
+def test_cuda_graphs_that_fail_fall_back_to_plain_compile_and_say_why(tmp_path, monkeypatch):
+    import ots.bench.train as bench_train
+
+    real = bench_train.compile_solver
+
+    def graphs_fail(solver, mode, backend="inductor"):
+        if mode == "reduce-overhead":
+            raise RuntimeError("Error: accessing tensor output of CUDAGraphs that has been overwritten\nmore")
+        real(solver, mode, backend)
+
+    monkeypatch.setattr(bench_train, "compile_solver", graphs_fail)
+    out = tmp_path / "t.json"
+    assert main(["bench", "train", "--smoke", "--loop", "fast", "--compile-modes", "reduce-overhead",
+                 "--compile-fallback", "default", "--out", str(out)]) == 0
+    failed, fallback = json.loads(out.read_text())["runs"]
+    assert failed["status"] == "failed" and "overwritten" in failed["error"] and "more" not in failed["error"]
+    assert fallback["status"] == "ok" and fallback["compile"] == "default"
+    assert fallback["fallback_for"] == "reduce-overhead" and fallback["fallback_reason"] == failed["error"]

@@ -55,8 +55,9 @@ def _train(d: Path) -> tuple[list[str], list[dict]]:
             ok = run.get("status") == "ok"
             frac = [run.get(f"fraction_of_bf16_peak_{k}") for k in ("counted", "issue_140gflop")]
             pct = " / ".join(_fmt(100 * f if f is not None else None) for f in frac)
-            note = run.get("error", "") if not ok else (
-                f"{run.get('cudagraph_skips')} CUDA-graph skips" if run.get("cudagraph_skips") else "")
+            note = run.get("error", "") if not ok else "; ".join(x for x in (
+                f"fallback for {run['fallback_for']}" if run.get("fallback_for") else "",
+                f"{run['cudagraph_skips']} CUDA-graph skips" if run.get("cudagraph_skips") else "") if x)
             lines.append(f"| {name} | {run['loop']} | {run['batch']} | {'bf16' if run['bf16'] else 'fp32'} | "
                          f"{run['compile']} | {_fmt(run.get('map_steps_per_s'), '.2f')} | "
                          f"{_fmt(run.get('hr_crops_per_s'))} | {pct if ok else '—'} | "

@@ -220,6 +220,8 @@ def add_bench_command(bench_sub) -> None:
     p.add_argument("--compile", action="store_true", help="same as --compile-modes default")
     p.add_argument("--compile-modes", default=None,
                    help=f"comma list, one fast run each: {', '.join(COMPILE_MODES)} (default: eager)")
+    p.add_argument("--compile-fallback", choices=COMPILE_MODES, default=None,
+                   help="when a compiled run fails, run this mode instead (e.g. default after reduce-overhead)")
     p.add_argument("--compile-backend", default=None,
                    help="torch.compile backend (default: inductor; aot_eager with --smoke)")
     p.add_argument("--fast-batch", type=int, help="batch for the fast loop (default: --batch)")
@@ -282,6 +284,11 @@ def _bench(args, defaults: dict | None = None) -> int:
                       profile_steps=args.profile_steps) for m in modes]
     for spec in plan:
         out["runs"].append(_one_run(spec, common, out, args.out))
+        failed = out["runs"][-1]
+        if failed["status"] != "ok" and args.compile_fallback and spec.get("compile") not in ("eager", None) \
+                and args.compile_fallback not in modes:  # e.g. CUDA graphs did not hold: the same without them
+            retry = _one_run({**spec, "compile": args.compile_fallback}, common, out, args.out)
+            out["runs"].append({**retry, "fallback_for": spec["compile"], "fallback_reason": failed["error"]})
     ok = {r["loop"]: r for r in reversed(out["runs"]) if r["status"] == "ok"}  # first ok run of each loop
     out.update(ok)
     if "reference" in ok and "fast" in ok:
