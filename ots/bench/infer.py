@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ots.bench.common import device_name, first_line, peak_memory, reset_peak_memory, sync, write_json
-from ots.errors import ConfigError, OTSError
+from ots.errors import ConfigError
 from ots.infer import DEFAULT_OVERLAP, load_map, resolve_device, resolve_precision, tile_starts, upscale_tensor
 
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -191,7 +191,7 @@ def _cmd_bench(args, defaults: dict | None = None) -> int:
                         r = bench_infer(net, size, tile=tile, overlap=overlap, device=dev, precision=prec,
                                         batch_tiles=args.batch_tiles, repeats=args.repeats, warmup=args.warmup)
                         r = {"compile": mode, "status": "ok", **r}
-                    except OTSError:
+                    except ConfigError:
                         raise
                     except Exception as e:  # noqa: BLE001 - a failed configuration (compile, OOM) is a result
                         r = {**label, "status": "failed", "error": first_line(e)}

@@ -31,7 +31,7 @@ from ots.bench.common import (
     write_text,
 )
 from ots.costs import ReferenceMap, WeightedCost
-from ots.errors import ConfigError, OTSError
+from ots.errors import ConfigError
 from ots.models import build_map, build_potential, check_sizes, count_params
 from ots.solver import OTSSolver
 
@@ -284,11 +284,11 @@ def _bench(args, defaults: dict | None = None) -> int:
                       profile_steps=args.profile_steps) for m in modes]
     for spec in plan:
         out["runs"].append(_one_run(spec, common, out, args.out))
-        failed = out["runs"][-1]
-        if failed["status"] != "ok" and args.compile_fallback and spec.get("compile") not in ("eager", None) \
+        last = out["runs"][-1]
+        if last["status"] != "ok" and args.compile_fallback and spec.get("compile") not in ("eager", None) \
                 and args.compile_fallback not in modes:  # e.g. CUDA graphs did not hold: the same without them
             retry = _one_run({**spec, "compile": args.compile_fallback}, common, out, args.out)
-            out["runs"].append({**retry, "fallback_for": spec["compile"], "fallback_reason": failed["error"]})
+            out["runs"].append({**retry, "fallback_for": spec["compile"], "fallback_reason": last["error"]})
     ok = {r["loop"]: r for r in reversed(out["runs"]) if r["status"] == "ok"}  # first ok run of each loop
     out.update(ok)
     if "reference" in ok and "fast" in ok:
@@ -308,9 +308,9 @@ def _one_run(spec: dict, common: dict, out: dict, path: str | None) -> dict:
     t0 = time.perf_counter()
     try:
         r = run_loop(**spec, **common)
-    except OTSError:
+    except ConfigError:
         raise
-    except Exception as e:  # noqa: BLE001 - a configuration that fails (compile, CUDA graphs, OOM) is a result
+    except Exception as e:  # noqa: BLE001 - a configuration that fails (compile, CUDA graphs, OOM, NaN) is a result
         r = {**label, "status": "failed", "error": first_line(e), "seconds_until_failure": time.perf_counter() - t0}
     finally:
         if spec.get("compile", "eager") != "eager":
