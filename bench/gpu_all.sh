@@ -19,12 +19,12 @@
 set -uo pipefail  # not -e: a part that fails or times out must not stop the others
 cd "$(dirname "$0")/.."
 
-OUT="${OUT:-bench/out}"
+OUT="${OUT:-bench/out}"            # relative paths are relative to the repository root
 PY="${PYTHON:-python}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PARTS="env,1,2,3,4,2c,3c"
-SMOKE=""                                  # "--smoke" or empty: appended unquoted to the commands
-BUDGET="${BUDGET_S:-}"                           # seconds for all parts (default 470; the limit is 480)
+SMOKE=""                           # "--smoke" or empty: appended unquoted to the commands
+BUDGET="${BUDGET_S:-}"             # seconds for all parts (default 470; the limit is 480)
 COMPILE_MODES="${COMPILE_MODES:-reduce-overhead}"  # if CUDA graphs fail, part 2c falls back to mode default
 FIT_PARAMS="${FIT_PARAMS:-configs/gpu-study.yaml}"
 FIT_DATA="${FIT_DATA:-/tmp/ots-demo}"
@@ -69,7 +69,7 @@ run() {
   if [ "$rc" -eq 0 ]; then
     echo "   ok in $(( SECONDS - t0 ))s"
   else
-    echo "   FAILED rc=$rc in $(( SECONDS - t0 ))s$([ "$rc" -ge 124 ] && echo ' (timeout)'); last lines of $OUT/$name.log:"
+    echo "   FAILED rc=$rc in $(( SECONDS - t0 ))s$(case $rc in 124|137) echo ' (timeout)';; esac); last lines of $OUT/$name.log:"
     tail -n 5 "$OUT/$name.log" | sed 's/^/   | /'
   fi
   return 0
