@@ -88,7 +88,7 @@ def _infer(d: Path) -> tuple[list[str], list[dict]]:
             rel = x.get("relative_to_untiled")
             alone = f" ({x['model_only_mp_per_s']:.1f})" if x.get("model_only_mp_per_s") else ""
             lines.append(f"| {name} | {s}² → {out[0]}² | {x['precision']} | {x['compile']} | {tiling} | "
-                         f"{_fmt(x.get('output_mp_per_s'))}{alone} | {_fmt(100 * rel if rel else None, '.0f')}% | "
+                         f"{_fmt(x.get('output_mp_per_s'))}{alone} | {_fmt(100 * rel, '.0f') + '%' if rel else '—'} | "
                          f"{_fmt(x.get('peak_memory_mb'), '.0f')} | {x.get('error', '')} |")
             rows.append({"file": name, **x})
         if r.get("running"):
