@@ -17,16 +17,14 @@ Pipeline (Real-ESRGAN style):
 
 Entry points: :func:`upscale_array` (numpy HWC uint8/uint16 in and out -- the pyfunc-friendly one),
 :func:`upscale_tensor` (batched tensors), :func:`upscale_files` (paths/folders -> PNG files), CLI ``ots upscale``
-and ``ots bench infer``.
+(its benchmark, ``ots bench infer``, is in :mod:`ots.bench.infer`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import struct
-import time
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -447,91 +445,8 @@ def _cmd_upscale(args) -> int:
     return 0
 
 
-def add_bench_command(bench_sub) -> None:
-    """Registers ``ots bench infer`` on the lead's ``ots bench`` group."""
-    p = bench_sub.add_parser("infer", help="inference throughput (output MP/s), tiled and untiled, JSON")
-    p.add_argument("--size", type=int, default=128, help="LR input size (square)")
-    p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--n-blocks", type=int, default=8)
-    p.add_argument("--n-features", type=int, default=64)
-    p.add_argument("--checkpoint", default=None, help="benchmark this map instead of a random EDSR")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    _add_tiling_args(p, tile=64, overlap=16)
-    p.add_argument("--precisions", default=None,
-                   help="comma list, e.g. fp32,bf16 (default: fp32, plus bf16 on CUDA)")
-    p.set_defaults(func=_cmd_bench)
-
-
-def bench_infer(
-    model: nn.Module,
-    size: int,
-    *,
-    tile: int | None,
-    overlap: int = DEFAULT_OVERLAP,
-    device: str | torch.device | None = None,
-    precision: str = "fp32",
-    batch_tiles: int = 4,
-    repeats: int = 3,
-    warmup: int = 1,
-) -> dict:
-    """Best-of-``repeats`` output megapixels/s for a size x size input (CPU tensor in, CPU tensor out)."""
-    dev = resolve_device(device)
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    kw = dict(tile=tile, overlap=overlap, device=dev, precision=precision, batch_tiles=batch_tiles)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    for _ in range(warmup):
-        upscale_tensor(model, x, **kw)
-    times = []
-    for _ in range(max(1, repeats)):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        y = upscale_tensor(model, x, **kw)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-    mp = y.shape[-1] * y.shape[-2] / 1e6
-    best = min(times)
-    return {"tiled": tile is not None, "tile": tile, "overlap": overlap if tile else 0, "precision": precision,
-            "input": [size, size], "output": list(y.shape[-2:]), "seconds": best,
-            "output_mp_per_s": mp / best}
-
-
-def _cmd_bench(args) -> int:
-    dev = resolve_device(args.device)
-    if args.checkpoint:
-        model = load_map(args.checkpoint, device=str(dev))
-        desc = {"checkpoint": args.checkpoint}
-    else:
-        from ots.models.edsr import EDSR
-
-        torch.manual_seed(0)
-        model = EDSR(n_blocks=args.n_blocks, n_features=args.n_features, scale=args.scale)
-        desc = {"arch": "edsr", "n_blocks": args.n_blocks, "n_features": args.n_features, "scale": args.scale}
-    if args.precisions:
-        precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    elif args.precision != "auto":
-        precisions = [args.precision]
-    else:
-        precisions = ["fp32", "bf16"] if dev.type == "cuda" else ["fp32"]
-    results = []
-    for prec in precisions:
-        for tile in [None] + ([args.tile] if args.tile else []):
-            results.append(bench_infer(model, args.size, tile=tile, overlap=args.overlap, device=dev,
-                                       precision=prec, batch_tiles=args.batch_tiles, repeats=args.repeats,
-                                       warmup=args.warmup))
-    threads = torch.get_num_threads()
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({threads} threads)"
-    print(json.dumps({"bench": "infer", "device": device_name, "model": desc, "results": results}, indent=2))
-    return 0
-
-
 __all__ = [
-    "add_bench_command",
     "add_commands",
-    "bench_infer",
     "collect_inputs",
     "encode_png",
     "load_map",

@@ -180,8 +180,10 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_bench_infer_reports_tiled_and_untiled_throughput(capsys):
+    from ots.bench import infer as bench_infer
+
     parser = argparse.ArgumentParser()
-    infer.add_bench_command(parser.add_subparsers(dest="bench"))
+    bench_infer.add_bench_command(parser.add_subparsers(dest="bench"))
     args = parser.parse_args(["infer", "--size", "24", "--n-blocks", "1", "--n-features", "8", "--tile", "16",
                               "--overlap", "4", "--repeats", "1", "--warmup", "0"])
     assert args.func(args) == 0

@@ -1,13 +1,16 @@
-"""`ots bench ...`: benchmarks with JSON output."""
+"""`ots bench ...`: benchmarks with JSON output (training step, inference, data loading, Gaussians, environment)."""
 
 
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from ots import gaussian, infer, train_bench
+    from ots import gaussian
+    from ots.bench import env, infer, report, train
     from ots.data import bench as data_bench
 
     gaussian.add_bench_command(bsub)
-    train_bench.add_bench_command(bsub)
+    train.add_bench_command(bsub)
     data_bench.add_bench_command(bsub)
     infer.add_bench_command(bsub)
+    env.add_bench_command(bsub)
+    report.add_bench_command(bsub)
