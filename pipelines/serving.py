@@ -39,6 +39,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from ots.storage import redact_uri
+
 DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -222,7 +224,7 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
 
             for pkg in ("ots", "pipelines"):
                 shutil.copytree(REPO_ROOT / pkg, Path(code) / pkg,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".env", ".env.*"))
             kwargs["code_paths"] = [str(Path(code) / "ots"), str(Path(code) / "pipelines")]
         import warnings
 
@@ -272,7 +274,7 @@ def _run_model_uri(run_id: str) -> str:
     try:
         client.get_run(run_id)
     except MlflowException as e:
-        raise CheckpointError(f"no MLflow run {run_id} at {mlflow.get_tracking_uri()}") from e
+        raise CheckpointError(f"no MLflow run {run_id} at {redact_uri(mlflow.get_tracking_uri())}") from e
     try:
         models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
     except MlflowException:
@@ -305,8 +307,8 @@ def resolve_checkpoint(source: str, dst: str | os.PathLike) -> Path:
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
     except MlflowException as e:
-        raise CheckpointError(f"cannot fetch {uri} from {mlflow.get_tracking_uri()}: "
-                              f"{str(e).strip().splitlines()[0]}") from e
+        raise CheckpointError(f"cannot fetch {uri} from {redact_uri(mlflow.get_tracking_uri())}: "
+                              f"{redact_uri(str(e).strip().splitlines()[0])}") from e
     return _checkpoint_in(Path(local))
 
 
