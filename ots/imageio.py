@@ -23,7 +23,7 @@ from ots.errors import DataError
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "png_bit_depth", "to_rgb8"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "image_info", "png_bit_depth", "to_rgb8"]
 
 
 def png_bit_depth(data: bytes) -> int | None:
@@ -36,6 +36,38 @@ def png_bit_depth(data: bytes) -> int | None:
 def _first_line(e: BaseException) -> str:
     s = " ".join(str(e).split())
     return s[:200] if s else type(e).__name__
+
+
+def image_info(data: bytes, what: str = "image") -> tuple[int, int, int, int]:
+    """``(height, width, channels, bytes per sample)`` of what :func:`decode_image` would return, read from the
+    header only (no pixel is decoded); DataError (one line) when it is not an image."""
+    from PIL import Image
+
+    data = bytes(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                mode, transparent = im.mode, "transparency" in im.info
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{what}: image too large, refused before decoding ({_first_line(e)})") from e
+    except Exception as e:  # noqa: BLE001 - anything Pillow cannot identify is "not an image"
+        raise DataError(f"{what}: not an image ({_first_line(e)})") from e
+    depth = png_bit_depth(data)
+    if depth == 16 and not mode.startswith("I;16"):  # decoded by torchvision: the PNG colour type decides
+        return h, w, {0: 1, 2: 3, 4: 2, 6: 4}.get(data[25], 3), 2
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        channels = 1
+    elif mode == "LA":
+        channels = 2
+    elif mode == "RGB" or (mode == "P" and not transparent):
+        channels = 3
+    elif mode in ("RGBA", "La", "PA", "P"):
+        channels = 4
+    else:
+        channels = 4 if "A" in mode or "a" in mode else 3
+    return h, w, channels, 2 if mode.startswith("I") or mode == "F" else 1
 
 
 def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

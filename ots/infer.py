@@ -28,9 +28,8 @@ import json
 import os
 import struct
 import time
-import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,10 @@ from ots.errors import CheckpointError, ConfigError, InferenceError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
+
+
+class Cancelled(InferenceError):
+    """The work was stopped on request (``should_stop``) before it finished."""
 
 
 # --------------------------------------------------------------------------------------------------- devices
@@ -140,11 +143,13 @@ def upscale_tensor(
     precision: str = "auto",
     batch_tiles: int = 4,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] (CPU) -> (B, 3, sH, sW) float32 on the CPU, not clamped.
 
     ``tile=None`` (or a tile >= the image) runs the whole image at once. The model is moved to ``device``
-    (default: CUDA if available) and put in eval mode.
+    (default: CUDA if available) and put in eval mode. ``should_stop`` is polled before every tile batch: when
+    it returns True the work stops with :class:`Cancelled` (a server's request deadline, a SIGTERM).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ConfigError(f"expected a (B, C, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
@@ -160,6 +165,8 @@ def upscale_tensor(
     x = x.detach().float().cpu()
     B, C, H, W = x.shape
     if tile is None or (tile >= H and tile >= W):
+        if should_stop is not None and should_stop():
+            raise Cancelled("upscaling cancelled (deadline passed or shutting down)")
         y = _run(model, x, dev, prec)
         _check_output(y, (B, C, H * s, W * s))
         return y
@@ -177,6 +184,8 @@ def upscale_tensor(
 
         batches = tqdm(batches, desc="tiles", unit="batch", leave=False)
     for batch in batches:
+        if should_stop is not None and should_stop():
+            raise Cancelled("upscaling cancelled (deadline passed or shutting down)")
         inp = torch.stack([x[b, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for b, i, j in batch])
         y = _run(model, inp, dev, prec)
         _check_output(y, (len(batch), C, th * s, tw * s))
@@ -216,6 +225,7 @@ def upscale_array(
     batch_tiles: int = 4,
     progress: bool = False,
     outscale: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Upscale one image: (H, W), (H, W, 1|2|3|4) uint8/uint16 -> (sH, sW[, C]) of the same dtype and layout.
 
@@ -240,7 +250,7 @@ def upscale_array(
     if color_c == 1:
         color = color.expand(-1, 3, -1, -1)
     y = upscale_tensor(model, color, tile=tile, overlap=overlap, device=device, precision=precision,
-                       batch_tiles=batch_tiles, progress=progress)
+                       batch_tiles=batch_tiles, progress=progress, should_stop=should_stop)
     y = (y.clamp(-1, 1) + 1) / 2
     if color_c == 1:
         y = y.mean(1, keepdim=True)
@@ -474,26 +484,16 @@ def check_memory(path: Path | str, height: int, width: int, channels: int, scale
 
 def _probe(path: Path) -> tuple[int, int, int, int]:
     """(height, width, channels, bytes per sample) from the header only."""
-    from PIL import Image
-
-    from ots.imageio import png_bit_depth
+    from ots.errors import DataError
+    from ots.imageio import image_info
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                w, h = im.size
-                bands = len(im.getbands())
-                mode = im.mode
         with open(path, "rb") as f:
-            depth = png_bit_depth(f.read(32))
-    except Image.DecompressionBombError as e:
-        raise InferenceError(f"{path}: image too large, refused before decoding ({e})") from e
-    except Exception as e:  # noqa: BLE001 - anything Pillow cannot identify
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise InferenceError(f"{path}: not a readable image ({reason})") from e
-    wide = depth == 16 or mode.startswith("I")
-    return h, w, min(max(bands, 1), 4), 2 if wide else 1
+            return image_info(f.read(), str(path))
+    except OSError as e:
+        raise InferenceError(f"cannot read {path}: {e.strerror or e}") from e
+    except DataError as e:
+        raise InferenceError(str(e)) from e
 
 
 def upscale_files(
@@ -749,7 +749,9 @@ def _cmd_bench(args) -> int:
 
 
 __all__ = [
+    "Cancelled",
     "add_bench_command",
+    "estimate_memory",
     "add_commands",
     "bench_infer",
     "collect_inputs",

@@ -143,3 +143,13 @@ def test_shard_limit_holds_within_one_huge_image(aim19_dir, tmp_path):
         t = ds.read_shard(s["name"])
         raw = sum(len(b) for b in t.column("pixels").to_pylist())
         assert raw <= cfg.shard_bytes or t.num_rows == 1, (s["name"], raw)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("c", [1, 2, 3, 4])
+def test_image_info_matches_the_decoder(c, dtype):
+    from ots.imageio import image_info
+
+    a = (np.random.default_rng(c).integers(0, 255, (7, 9, c)) * (257 if dtype == np.uint16 else 1)).astype(dtype)
+    png = encode_png(a)
+    assert image_info(png) == (7, 9, c, a.itemsize) and decode_any(png).shape == (7, 9, c)
