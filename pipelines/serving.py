@@ -29,6 +29,8 @@ import binascii
 import os
 import re
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    DEADLINE_EXCEEDED,
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_EXHAUSTED,
+    TEMPORARILY_UNAVAILABLE,
+)
 
 from ots.storage import redact_uri
 
@@ -49,6 +57,25 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _bad(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _limit(message: str) -> MlflowException:
+    """Over a per-request limit (MLflow has no 413 code: RESOURCE_EXHAUSTED answers 429)."""
+    return MlflowException(message, error_code=RESOURCE_EXHAUSTED)
+
+
+DEFAULT_MAX_IMAGES = 8
+# requests computing at once in one `mlflow models serve` worker process
+_MAX_CONCURRENT = max(1, int(os.environ.get("OTS_SERVE_MAX_CONCURRENT", "1") or 1))
+_SLOTS = threading.BoundedSemaphore(_MAX_CONCURRENT)
+
+
+def _request_timeout() -> float:
+    """The scoring server's request timeout (it answers 504 then): our work stops at the same deadline."""
+    try:
+        return float(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
 
 
 # ------------------------------------------------------------------------------------------------- decoding
@@ -107,9 +134,12 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
     """Upscales each row's ``image`` with the trained map, tiled; returns PNG bytes."""
 
     def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", precision: str = "auto"):
+                 max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", precision: str = "auto",
+                 max_images: int = DEFAULT_MAX_IMAGES, max_request_pixels: int | None = None):
         self.tile, self.overlap = int(tile), int(overlap)
         self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
+        self.max_images = int(max_images)
+        self.max_request_pixels = int(max_request_pixels or 2 * self.max_pixels)
         self.device, self.precision = device, precision
         self.model = None
 
@@ -123,7 +153,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature is explicit
         from ots.errors import OTSError
-        from ots.infer import encode_png, upscale_array
+        from ots.infer import Cancelled, encode_png, upscale_array
 
         if self.model is None:
             self.load_context(context)
@@ -142,16 +172,43 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
             raise _bad(f"input must be a DataFrame with an 'image' column, got {type(model_input).__name__}")
         if not values:
             raise _bad("no images in the request")
+        max_images = int(getattr(self, "max_images", DEFAULT_MAX_IMAGES))  # older pickles lack the attribute
+        if len(values) > max_images:
+            raise _limit(f"{len(values)} images in one request, more than the limit of {max_images}")
         images = [decode_image(v, max_bytes=self.max_bytes, max_pixels=self.max_pixels, where=f"image[{i}]")
                   for i, v in enumerate(values)]  # validate every row before any work
-        rows = []
-        for img in images:
-            try:
-                out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
-                                    precision=self.precision)
-            except OTSError as e:
-                raise _bad(str(e)) from e
-            rows.append({"image": encode_png(out), "height": int(out.shape[0]), "width": int(out.shape[1])})
+        pixels = sum(a.shape[0] * a.shape[1] for a in images)
+        max_request_pixels = int(getattr(self, "max_request_pixels", 2 * self.max_pixels))
+        if pixels > max_request_pixels:
+            raise _limit(f"{pixels} input pixels in one request, more than the limit of {max_request_pixels}")
+        # `mlflow models serve` runs requests in a thread pool without admission control and keeps computing
+        # after its timeout answers 504: bound both here (503 when busy, work stopped at the deadline)
+        if not _SLOTS.acquire(blocking=False):
+            raise MlflowException(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
+                                  error_code=TEMPORARILY_UNAVAILABLE)
+        try:
+            deadline = time.monotonic() + _request_timeout()
+            rows = []
+            for img in images:
+                try:
+                    out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
+                                        precision=self.precision, should_stop=lambda: time.monotonic() > deadline)
+                except Cancelled as e:
+                    raise MlflowException("request passed its deadline; its work was cancelled",
+                                          error_code=DEADLINE_EXCEEDED) from e
+                except OTSError as e:
+                    raise _bad(str(e)) from e
+                except Exception as e:  # noqa: BLE001 - OOM & co: one line to the client, the trace to the log
+                    import logging
+
+                    logging.getLogger("ots.serving").exception("upscaling failed")
+                    code = TEMPORARILY_UNAVAILABLE if isinstance(e, MemoryError) or "out of memory" in str(e) \
+                        else INTERNAL_ERROR
+                    raise MlflowException(f"upscaling failed ({type(e).__name__}); see the server log",
+                                          error_code=code) from None
+                rows.append({"image": encode_png(out), "height": int(out.shape[0]), "width": int(out.shape[1])})
+        finally:
+            _SLOTS.release()
         return pd.DataFrame(rows, columns=["image", "height", "width"])
 
 

@@ -224,3 +224,52 @@ def test_load_memory_stays_under_the_budget(tmp_path):
         assert peak - idle <= BUDGET_MB << 20, summary
     finally:
         stop_process_group(proc)
+
+
+def test_pyfunc_model_bounds_under_mlflow_serve(monkeypatch, tmp_path):
+    """The registered pyfunc (for `mlflow models serve`): 429/503/504 codes, no stack trace for crashes."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from test_serving import make_checkpoint
+
+    from pipelines import serving
+
+    ckpt = make_checkpoint(tmp_path / "map.pt")
+
+    class Ctx:
+        artifacts = {"checkpoint": str(ckpt)}
+
+    m = serving.OTSUpscaler(tile=16, overlap=4, device="cpu", max_images=2, max_pixels=32 * 32,
+                             max_request_pixels=1500)
+    m.load_context(Ctx())
+    png = encode_png(_png_b64(16, 16)[0])
+    df = pd.DataFrame({"image": [png]})
+
+    def code_of(fn):
+        with pytest.raises(MlflowException) as e:
+            fn()
+        assert "stack_trace" not in e.value.json_kwargs
+        return e.value.get_http_status_code(), e.value.message
+
+    assert code_of(lambda: m.predict(None, pd.DataFrame({"image": [png] * 3})))[0] == 429
+    assert "input pixels in one request" in code_of(
+        lambda: m.predict(None, pd.DataFrame({"image": [encode_png(_png_b64(32, 32)[0])] * 2})))[1]
+    assert serving._SLOTS.acquire(blocking=False)
+    try:
+        status, msg = code_of(lambda: m.predict(None, df))
+        assert status == 503 and "busy" in msg
+    finally:
+        serving._SLOTS.release()
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
+    status, msg = code_of(lambda: m.predict(None, df))
+    assert status == 504 and "cancelled" in msg
+    monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT")
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\n  File x.py, line 1")
+
+    monkeypatch.setattr("ots.infer.upscale_array", oom)
+    status, msg = code_of(lambda: m.predict(None, df))
+    assert status == 503 and msg == "upscaling failed (RuntimeError); see the server log"
+    monkeypatch.undo()
+    assert len(m.predict(None, df)) == 1  # still serving afterwards, slot released
