@@ -143,9 +143,18 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         self.device, self.precision = device, precision
         self.model = None
 
+    CONFIG_KEYS = ("tile", "overlap", "max_pixels", "max_bytes", "device", "precision", "max_images",
+                   "max_request_pixels")
+
     def load_context(self, context) -> None:
         from ots.infer import resolve_device
         from ots.solver import load_map
+
+        config = getattr(context, "model_config", None) or {}  # models-from-code: settings travel here
+        for key in self.CONFIG_KEYS:
+            if key in config and config[key] is not None:
+                value = config[key]
+                setattr(self, key, value if key in ("device", "precision") else int(value))
 
         device = os.environ.get("OTS_SERVE_DEVICE", self.device)
         self._device = resolve_device(device)
@@ -242,8 +251,9 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
                      overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
                      device: str = "auto", precision: str = "auto", include_code: bool = True,
                      registered_model_name: str | None = None, run_id: str | None = None):
-    """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc (signature, input example, the ``ots`` and
-    ``pipelines`` code) into ``run_id`` (default: the active run, else a new one). Returns mlflow's ModelInfo."""
+    """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``serving_model.py`` +
+    ``model_config``), signature, input example, the ``ots`` and ``pipelines`` code -- into ``run_id`` (default:
+    the active run, else a new one). Returns mlflow's ModelInfo."""
     from ots.errors import CheckpointError
 
     ckpt = Path(checkpoint_path)
@@ -254,8 +264,11 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
     load_map(ckpt)  # fail early (one line) on a checkpoint the server could not load
     kwargs = dict(
         name=name,
-        python_model=OTSUpscaler(tile=tile, overlap=overlap, max_pixels=max_pixels, max_bytes=max_bytes,
-                                 device=device, precision=precision),
+        # models-from-code: the registry stores serving_model.py + this config, not a cloudpickle of the object,
+        # so loading the model runs our reviewed source instead of unpickling bundled code
+        python_model=str(Path(__file__).with_name("serving_model.py")),
+        model_config={"tile": int(tile), "overlap": int(overlap), "max_pixels": int(max_pixels),
+                      "max_bytes": int(max_bytes), "device": device, "precision": precision},
         artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
         signature=signature(tile, overlap),
         input_example=pd.DataFrame({"image": [example_png()]}),

@@ -273,3 +273,32 @@ def test_pyfunc_model_bounds_under_mlflow_serve(monkeypatch, tmp_path):
     assert status == 503 and msg == "upscaling failed (RuntimeError); see the server log"
     monkeypatch.undo()
     assert len(m.predict(None, df)) == 1  # still serving afterwards, slot released
+
+
+def test_registered_model_is_code_not_a_pickle(tmp_path, monkeypatch):
+    """Item 8: the logged model is models-from-code (no python_model.pkl); its settings come from model_config."""
+    import mlflow
+    import pandas as pd
+    import yaml
+    from test_serving import astronaut, make_checkpoint
+
+    from pipelines import serving
+
+    ckpt = make_checkpoint(tmp_path / "map.pt")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    try:
+        with mlflow.start_run():
+            info = serving.log_pyfunc_model(ckpt, tile=16, overlap=4, max_pixels=48 * 48, device="cpu")
+        local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
+        files = {p.name for p in local.rglob("*")}
+        assert "python_model.pkl" not in files and "serving_model.py" in files
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+        assert flavor["config"]["tile"] == 16 and flavor["config"]["max_pixels"] == 48 * 48
+        m = mlflow.pyfunc.load_model(str(local))
+        inner = m.unwrap_python_model()
+        assert (inner.tile, inner.overlap, inner.max_pixels) == (16, 4, 48 * 48)
+        out = m.predict(pd.DataFrame({"image": [encode_png(astronaut())]}))
+        assert list(out["height"]) == [96]
+    finally:
+        mlflow.set_tracking_uri(None)
