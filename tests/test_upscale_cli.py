@@ -82,25 +82,29 @@ def test_memory_is_estimated_up_front(tmp_path, model, monkeypatch, capsys):
 def test_memory_estimate_bounds_the_real_peak(tmp_path):
     """The estimate is an upper bound of the measured peak RSS growth (fresh process, 512x512 -> x4)."""
     code = (
-        "import resource, numpy as np, torch, torch.nn.functional as F\n"
+        "import numpy as np, torch, torch.nn.functional as F\n"
         "from torch import nn\n"
         "from ots.infer import upscale_array\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key): return int(line.split()[1]) * 1024\n"
         "class N(nn.Module):\n"
         "    scale = 4\n"
         "    def forward(self, x): return F.interpolate(x, scale_factor=4, mode='nearest')\n"
         "torch.set_num_threads(1)\n"
         "img = np.zeros((512, 512, 3), np.uint8)\n"
         "upscale_array(N(), img[:8, :8], tile=64, overlap=8)\n"
-        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS\n"
+        "r0 = status('VmRSS')\n"
         "upscale_array(N(), img, tile=64, overlap=8)\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024)\n"
+        "print(status('VmHWM') - r0)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     peak = int(r.stdout.strip())
     est = estimate_memory(512, 512, 3, 4, tile=64, batch_tiles=4, n_features=3)
-    assert peak <= est <= 4 * peak + (64 << 20), (peak, est)
+    assert 50 << 20 < peak <= est <= 4 * peak, (peak, est)  # 4096x4096 float buffers: >= 50 MiB for real
 
 
 def test_unwritable_output_fails_before_loading_or_compute(tmp_path, monkeypatch, capsys):
