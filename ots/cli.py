@@ -1,7 +1,8 @@
 """`ots` command line. Each feature module contributes its sub-commands through `add_commands(sub)`.
 
-Heavy optional packages are imported lazily inside the commands, so `python -m ots` runs from a bare
-source tree (e.g. on a GPU box with torch only).
+Only the module of the verb being run is imported (torch and friends take seconds to import): `ots --help`
+and `ots --version` import nothing heavy, and `python -m ots` runs from a bare source tree (e.g. on a GPU box
+with torch only).
 """
 
 from __future__ import annotations
@@ -10,31 +11,47 @@ import argparse
 import importlib
 import sys
 
+from ots import __version__
 from ots.errors import OTSError
 
-# Modules with an `add_commands(subparsers)` function; each registers its own verbs.
-COMMAND_MODULES = [
-    "ots.models",
-    "ots.bench",
-    "ots.infer",
-    "ots.data.cli",
-    "ots.evaluate",
-    "ots.fit",
-]
+# verb -> (the module whose `add_commands(subparsers)` registers it, its one-line help for `ots --help`).
+COMMANDS = {
+    "info": ("ots.models", "parameter counts of the map and potential (reference sizes by default)"),
+    "bench": ("ots.bench", "benchmarks (JSON output)"),
+    "upscale": ("ots.infer", "upscale images with a trained map (any size, tiled)"),
+    "data": ("ots.data.cli", "datasets: demo set, Parquet shards, inspection"),
+    "evaluate": ("ots.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
+    "fit": ("ots.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
+    "curves": ("ots.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),
+}
+COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _verb(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(verb: str | None = None, full: bool = True) -> argparse.ArgumentParser:
+    """The parser; with ``full=False`` only ``verb``'s module is imported (the others are listed by name)."""
     parser = argparse.ArgumentParser(
         prog="ots", description="OTS: unpaired image super-resolution with neural optimal transport maps."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
+    parser.add_argument("--version", action="version", version=f"ots {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    done: set[str] = set()
+    for name, (module, help_) in COMMANDS.items():
+        if full or name == verb:
+            if module not in done:
+                importlib.import_module(module).add_commands(sub)
+                done.add(module)
+        else:
+            sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_verb(argv), full=False)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -126,8 +126,11 @@ def score_outputs(
     device: str | torch.device | None = "cpu",
     fid_crop: int = 128,
     seed: int = 0,
+    crop_border: int = 0,
+    y_channel: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of every method's outputs against the HR images.
+    """Metrics of every method's outputs against the HR images (PSNR/SSIM on RGB, no shave, unless
+    ``y_channel``/``crop_border``: BT.601 Y, that many border px shaved -- recorded as ``"fidelity"``).
 
     ``{"n_images", "scale", "fid_crop", "methods": {method: {psnr, ssim, lpips, fid, swd, swd_levels}},
     "unavailable": {metric: reason}, "per_image": [{"image", "<method>_psnr", "<method>_ssim"}...]}``.
@@ -150,7 +153,11 @@ def score_outputs(
     hr = [_unit(h) for _, _, h in pairs]
     crop = min([fid_crop] + [min(h.shape[-2:]) for h in hr])
     result: dict[str, Any] = {"n_images": len(pairs), "scale": pairs[0][2].shape[0] // pairs[0][1].shape[0],
-                              "fid_crop": crop, "methods": {}, "unavailable": dict(unavailable)}
+                              "fid_crop": crop, "methods": {}, "unavailable": dict(unavailable),
+                              "fidelity": {"crop_border": int(crop_border), "y_channel": bool(y_channel)}}
+    if crop_border < 0:
+        raise ConfigError(f"crop_border must be >= 0, got {crop_border}")
+    fk = {"shave": int(crop_border), "y_channel": bool(y_channel)}
     per_image = [{"image": name} for name, _, _ in pairs]
     for method, outs in outputs.items():
         if len(outs) != len(pairs):
@@ -160,12 +167,13 @@ def score_outputs(
             if s.shape != h.shape:
                 raise ConfigError(f"{method} output for {name} is {tuple(s.shape[1:])}, HR is {tuple(h.shape[1:])}")
         m = evaluate(sr, hr, lpips_model=lpips_model, inception_model=inception, unavailable=unavailable,
-                     fid_crop=crop, seed=seed)
+                     fid_crop=crop, seed=seed, crop_border=crop_border, y_channel=y_channel)
         result["unavailable"].update(m.get("unavailable", {}))
         result["methods"][method] = {k: _finite(m.get(k)) for k in METRICS} | {"swd_levels": m.get("swd_levels")}
         for row, s, h in zip(per_image, sr, hr):
-            row[f"{method}_psnr"] = _finite(float(psnr_batch(s[None], h[None])[0]))
-            row[f"{method}_ssim"] = _finite(float(ssim_batch(quantize_uint8(s[None]), quantize_uint8(h[None]))[0]))
+            row[f"{method}_psnr"] = _finite(float(psnr_batch(s[None], h[None], **fk)[0]))
+            row[f"{method}_ssim"] = _finite(float(ssim_batch(quantize_uint8(s[None]), quantize_uint8(h[None]),
+                                                             **fk)[0]))
     for metric in result["unavailable"]:  # never a number for an unavailable metric
         for vals in result["methods"].values():
             vals[metric] = None
@@ -224,6 +232,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     lines.append(f"{results.get('n_images', '?')} validation images, x{results.get('scale', '?')}, full images"
                  + (f" (tiles of {results['tiling']['tile']} LR px, overlap {results['tiling']['overlap']})"
                     if results.get("tiling", {}).get("tile") else "") + ".")
+    fid = results.get("fidelity") or {}
+    if fid.get("y_channel") or fid.get("crop_border"):
+        lines.append(f"PSNR/SSIM on {'the Y channel' if fid.get('y_channel') else 'RGB'}, "
+                     f"{fid.get('crop_border', 0)} border px shaved.")
     for metric, reason in sorted(results.get("unavailable", {}).items()):
         lines.append(f"- {metric} unavailable: {reason}")
     return "\n".join(lines) + "\n"
@@ -348,12 +360,19 @@ def add_commands(sub) -> None:
     p.add_argument("--max-images", type=int, default=0, help="evaluate the first N val pairs only (0 = all)")
     p.add_argument("--grid-images", type=int, default=4)
     p.add_argument("--grid-crop", type=int, default=256, help="centre crop of each grid panel, HR px (0 = full)")
+    p.add_argument("--crop-border", type=int, default=0,
+                   help="PSNR/SSIM: shave this many HR px from every border (BasicSR's crop_border; default 0)")
+    p.add_argument("--test-y-channel", "--y-channel", dest="y_channel", action="store_true",
+                   help="PSNR/SSIM on the BT.601 Y channel (BasicSR's test_y_channel) instead of RGB")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args) -> int:
     from ots.data import read_val_pairs
 
+    if args.grid_images < 1 or args.crop_border < 0:
+        raise ConfigError(f"--grid-images must be >= 1 and --crop-border >= 0, got {args.grid_images}, "
+                          f"{args.crop_border}")
     pairs = read_val_pairs(args.data)
     if args.max_images:
         pairs = pairs[: args.max_images]
@@ -364,7 +383,8 @@ def _cmd_evaluate(args) -> int:
     tile = args.tile or None
     outputs = upscale_pairs(pairs, maps, tile=tile, overlap=args.overlap, device=device, precision=args.precision)
     results = score_outputs(pairs, outputs, lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
-                            inception_weights=args.inception_weights, device=device)
+                            inception_weights=args.inception_weights, device=device,
+                            crop_border=args.crop_border, y_channel=args.y_channel)
     results["tiling"] = {"tile": tile, "overlap": args.overlap}
     write_report(args.out, pairs, outputs, results, grid_images=args.grid_images, grid_crop=args.grid_crop or None)
     print(markdown_table(results), end="")

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,10 @@ from ots.errors import CheckpointError, ConfigError, InferenceError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
+
+
+class Cancelled(InferenceError):
+    """The work was stopped on request (``should_stop``) before it finished."""
 
 
 # --------------------------------------------------------------------------------------------------- devices
@@ -136,11 +142,13 @@ def upscale_tensor(
     precision: str = "auto",
     batch_tiles: int = 4,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] (CPU) -> (B, 3, sH, sW) float32 on the CPU, not clamped.
 
     ``tile=None`` (or a tile >= the image) runs the whole image at once. The model is moved to ``device``
-    (default: CUDA if available) and put in eval mode.
+    (default: CUDA if available) and put in eval mode. ``should_stop`` is polled before every tile batch: when
+    it returns True the work stops with :class:`Cancelled` (a server's request deadline, a SIGTERM).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ConfigError(f"expected a (B, C, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
@@ -156,6 +164,8 @@ def upscale_tensor(
     x = x.detach().float().cpu()
     B, C, H, W = x.shape
     if tile is None or (tile >= H and tile >= W):
+        if should_stop is not None and should_stop():
+            raise Cancelled("upscaling cancelled (deadline passed or shutting down)")
         y = _run(model, x, dev, prec)
         _check_output(y, (B, C, H * s, W * s))
         return y
@@ -173,6 +183,8 @@ def upscale_tensor(
 
         batches = tqdm(batches, desc="tiles", unit="batch", leave=False)
     for batch in batches:
+        if should_stop is not None and should_stop():
+            raise Cancelled("upscaling cancelled (deadline passed or shutting down)")
         inp = torch.stack([x[b, :, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for b, i, j in batch])
         y = _run(model, inp, dev, prec)
         _check_output(y, (len(batch), C, th * s, tw * s))
@@ -211,11 +223,15 @@ def upscale_array(
     precision: str = "auto",
     batch_tiles: int = 4,
     progress: bool = False,
+    outscale: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """Upscale one image: (H, W), (H, W, 1|2|3|4) uint8/uint16 -> (sH, sW[, C]) of the same dtype and layout.
 
     Gray is replicated to RGB for the map and averaged back; alpha (2nd of 2 or 4th of 4 channels) is upscaled
-    with bicubic interpolation, not by the map.
+    with bicubic interpolation, not by the map. ``outscale`` (Real-ESRGAN's ``-s``): the final size is
+    ``round(H * outscale) x round(W * outscale)``; when it differs from the map's scale the map's output is
+    resized (bicubic, antialiased).
     """
     a = np.asarray(image)
     maxv = _max_value(a.dtype)
@@ -233,13 +249,19 @@ def upscale_array(
     if color_c == 1:
         color = color.expand(-1, 3, -1, -1)
     y = upscale_tensor(model, color, tile=tile, overlap=overlap, device=device, precision=precision,
-                       batch_tiles=batch_tiles, progress=progress)
+                       batch_tiles=batch_tiles, progress=progress, should_stop=should_stop)
     y = (y.clamp(-1, 1) + 1) / 2
     if color_c == 1:
         y = y.mean(1, keepdim=True)
+    s = model_scale(model)
+    size = (a.shape[0] * s, a.shape[1] * s)
+    if outscale is not None and outscale != s:
+        if outscale <= 0:
+            raise ConfigError(f"outscale must be positive, got {outscale}")
+        size = (max(1, round(a.shape[0] * outscale)), max(1, round(a.shape[1] * outscale)))
+        y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     if c in (2, 4):
-        s = model_scale(model)
-        alpha = F.interpolate(t[:, color_c:], scale_factor=s, mode="bicubic", align_corners=False)
+        alpha = F.interpolate(t[:, color_c:], size=size, mode="bicubic", align_corners=False)
         y = torch.cat([y, alpha.clamp(0, 1)], 1)
     out = (y[0].permute(1, 2, 0) * maxv).round().numpy().astype(a.dtype)
     return out[:, :, 0] if squeeze else out
@@ -248,39 +270,28 @@ def upscale_array(
 # ------------------------------------------------------------------------------------------------ image I/O
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Any common image file -> (H, W, C) uint8/uint16 array (16-bit PNGs stay 16-bit). One-line errors."""
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Any common image file -> (H, W, C) uint8/uint16 array (16-bit PNGs stay 16-bit). One-line errors.
+
+    Decoded by :func:`ots.imageio.decode_image` (the decoder ``prepare`` and serving share); images over
+    ``max_pixels`` (default: Pillow's decompression-bomb limit) are refused from the header.
+    """
+    from ots.errors import DataError
+    from ots.imageio import DEFAULT_MAX_PIXELS, decode_image
+
     p = Path(path)
     if not p.exists():
         raise InferenceError(f"no such file: {p}")
     if not p.is_file():
         raise InferenceError(f"not a file: {p}")
     try:
-        from torchvision.io import ImageReadMode, decode_image
-
-        data = torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)
-        t = decode_image(data, mode=ImageReadMode.UNCHANGED)
-        arr = t.permute(1, 2, 0).contiguous().numpy()
-    except Exception:  # noqa: BLE001 - fall back to Pillow (BMP, TIFF, ...)
-        arr = _read_with_pil(p)
-    if arr.dtype not in (np.uint8, np.uint16):
-        raise InferenceError(f"unsupported image bit depth in {p}: {arr.dtype}")
-    return arr
-
-
-def _read_with_pil(p: Path) -> np.ndarray:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InferenceError(f"cannot read {p}: {e.strerror or e}") from e
     try:
-        from PIL import Image
-
-        with Image.open(p) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(im, dtype=np.uint16)[:, :, None]
-            if im.mode not in ("L", "LA", "RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            arr = np.asarray(im)
-    except Exception as e:  # noqa: BLE001
-        raise InferenceError(f"cannot read image {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    return arr if arr.ndim == 3 else arr[:, :, None]
+        return decode_image(data, str(p), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    except DataError as e:
+        raise InferenceError(str(e)) from e
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -305,22 +316,40 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write PNG (any supported depth/layout) or, for 8-bit images, any format Pillow knows by suffix."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if p.suffix.lower() == ".png":
-        p.write_bytes(encode_png(image))
-        return p
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ConfigError(f"{p.suffix} output supports 8-bit images only; write a .png for {a.dtype}")
-    from PIL import Image
+    """Write PNG (any supported depth/layout) or, for 8-bit images, any format Pillow knows by suffix.
 
-    a = a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a
+    Atomic: the bytes go to a temporary name in the same folder, then replace ``path``.
+    """
+    p = Path(path)
+    a = np.asarray(image)
+    if p.suffix.lower() == ".png":
+        data = encode_png(a)
+    else:
+        if a.dtype != np.uint8:
+            raise ConfigError(f"{p.suffix} output supports 8-bit images only; write a .png for {a.dtype}")
+        import io
+
+        from PIL import Image
+
+        a = a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a
+        if p.suffix.lower() in (".jpg", ".jpeg") and a.ndim == 3 and a.shape[2] in (2, 4):
+            a = a[:, :, : a.shape[2] - 1]  # JPEG has no alpha
+            a = a[:, :, 0] if a.shape[2] == 1 else a
+        buf = io.BytesIO()
+        try:
+            Image.fromarray(a).save(buf, format=Image.registered_extensions().get(p.suffix.lower()))
+        except (OSError, ValueError, KeyError) as e:
+            raise InferenceError(f"cannot write {p}: {e}") from e
+        data = buf.getvalue()
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
-        Image.fromarray(a).save(p)
-    except (OSError, ValueError, KeyError) as e:
-        raise InferenceError(f"cannot write {p}: {e}") from e
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise InferenceError(f"cannot write {p}: {e.strerror or e}") from e
     return p
 
 
@@ -343,17 +372,127 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def output_paths(files: Sequence[Path], output: str | Path, scale: int) -> list[Path]:
-    """One input and an image-suffixed ``output`` -> that file; otherwise ``output`` is a folder of PNGs."""
+def output_paths(files: Sequence[Path], output: str | Path, scale: float, *, suffix: str | None = None,
+                 ext: str = "png", overwrite: bool = False) -> list[Path]:
+    """Where each input goes. One input and an image-suffixed ``output`` -> that file; otherwise ``output`` is a
+    folder of ``<name>_<suffix>.<ext>`` (suffix default ``x<scale>``, ``""`` = none; ext ``auto`` = the input's).
+
+    Refuses (before any work) to write over an input unless ``overwrite``, and two inputs mapping to one output.
+    """
     out = Path(output)
     if len(files) == 1 and out.suffix.lower() in IMAGE_SUFFIXES:
-        return [out]
-    if out.exists() and not out.is_dir():
-        raise InferenceError(f"output {out} is a file but {len(files)} inputs were given; pass a folder")
-    names = [f"{f.stem}_x{scale}.png" for f in files]
-    if len(set(names)) != len(names):
-        raise InferenceError("two inputs share a file name; upscale them into separate folders")
-    return [out / n for n in names]
+        targets = [out]
+    else:
+        if out.exists() and not out.is_dir():
+            raise InferenceError(f"output {out} is a file but {len(files)} inputs were given; pass a folder")
+        tag = f"x{scale:g}" if suffix is None else suffix
+        ext = ext.lower().lstrip(".")
+        targets = []
+        for f in files:
+            e = f.suffix.lower().lstrip(".") if ext == "auto" else ext
+            e = "png" if e == "gif" else e  # no animated/palette output
+            targets.append(out / f"{f.stem}{'_' + tag if tag else ''}.{e}")
+        if len({t.name for t in targets}) != len(targets):
+            raise InferenceError("two inputs map to the same output name; upscale them into separate folders")
+    if not overwrite:
+        inputs = {f.resolve() for f in files}
+        same = [t for t in targets if t.resolve() in inputs]
+        if same:
+            raise InferenceError(f"output {same[0]} is an input file: it would be overwritten (pass --overwrite "
+                                 "to allow that, or choose another -o/--suffix)")
+    return targets
+
+
+def check_writable(targets: Sequence[Path]) -> None:
+    """Fail (one line, before any compute) if an output cannot be written: creates each output folder and
+    writes and removes a probe file there."""
+    for parent in sorted({t.parent for t in targets}):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            probe = parent / f".ots-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise InferenceError(f"cannot write outputs to {parent}: {e.strerror or e}") from e
+    for t in targets:
+        if t.is_dir():
+            raise InferenceError(f"output {t} is a folder")
+        if t.exists() and not os.access(t, os.W_OK):
+            raise InferenceError(f"cannot write {t}: permission denied")
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use: MemAvailable, capped by a cgroup limit when there is one."""
+    avail = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            room = int(limit) - used
+            avail = room if avail is None else min(avail, room)
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+            avail = 8 << 30
+    return max(0, int(avail))
+
+
+def estimate_memory(height: int, width: int, channels: int, scale: int, *, outscale: float | None = None,
+                    tile: int | None = DEFAULT_TILE, batch_tiles: int = 4, n_features: int = 64,
+                    itemsize: int = 1) -> int:
+    """Rough peak bytes of :func:`upscale_array` for one image (CPU buffers + one tile batch's activations).
+
+    Output-sized float32 buffers dominate: the blend accumulator (3 ch) and weight sum, the clamp/shift copies,
+    the channel-last copy, the optional resize, and the result. The model term is the last (x scale) feature
+    map of a batch of tiles, twice (input and output of a convolution).
+    """
+    out_px = height * width * scale * scale
+    final_px = out_px if not outscale else round(height * outscale) * round(width * outscale)
+    buffers = out_px * 4 * (3 + 1 + 3 + 3 + channels) + final_px * (4 * channels + itemsize * channels)
+    buffers += height * width * 4 * (channels + 3)  # the float input and its [-1, 1] colour copy
+    side_h = min(tile or height, height) * scale
+    side_w = min(tile or width, width) * scale
+    tiles = 1 if not tile else min(batch_tiles, len(tile_starts(height, tile, 0)) * len(tile_starts(width, tile, 0)))
+    activations = tiles * side_h * side_w * n_features * 4 * 2
+    return int(buffers + activations)
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def check_memory(path: Path | str, height: int, width: int, channels: int, scale: int, *,
+                 limit: int | None = None, **kwargs) -> int:
+    """Refuse (one line, before decoding) an image whose estimated peak memory exceeds ``limit`` bytes
+    (default: :func:`available_memory`). Returns the estimate."""
+    need = estimate_memory(height, width, channels, scale, **kwargs)
+    room = available_memory() if limit is None else int(limit)
+    if need > room:
+        outscale = kwargs.get("outscale") or scale
+        raise InferenceError(
+            f"{path}: {width}x{height} -> {round(width * outscale)}x{round(height * outscale)} needs about "
+            f"{_fmt_bytes(need)} of memory, more than the {_fmt_bytes(room)} available; split the image, lower "
+            "--outscale or raise --max-memory-gb")
+    return need
+
+
+def _probe(path: Path) -> tuple[int, int, int, int]:
+    """(height, width, channels, bytes per sample) from the header only."""
+    from ots.errors import DataError
+    from ots.imageio import image_info
+
+    try:
+        with open(path, "rb") as f:
+            return image_info(f.read(), str(path))
+    except OSError as e:
+        raise InferenceError(f"cannot read {path}: {e.strerror or e}") from e
+    except DataError as e:
+        raise InferenceError(str(e)) from e
 
 
 def upscale_files(
@@ -362,20 +501,64 @@ def upscale_files(
     output: str | Path,
     *,
     progress: bool = True,
+    outscale: float | None = None,
+    suffix: str | None = None,
+    ext: str = "png",
+    overwrite: bool = False,
+    max_memory: int | None = None,
+    on_error=None,
+    on_written=None,
     **kwargs,
 ) -> list[Path]:
-    """Upscale image files/folders into ``output`` (a file for one input, else a folder); returns written paths."""
+    """Upscale image files/folders into ``output`` (a file for one input, else a folder); returns written paths.
+
+    Before any compute: inputs exist, no output overwrites an input (unless ``overwrite``), every output folder
+    is writable. Per image, before decoding: the estimated peak memory fits ``max_memory`` (default: what is
+    available). With one input its error is raised; with several, a bad image is reported through
+    ``on_error(path, error)`` (default: collected) and the others continue; then one InferenceError names how
+    many failed. ``on_written(path)`` is called after each image is written.
+    """
+    from ots.errors import OTSError
+
     files = collect_inputs(inputs)
-    targets = output_paths(files, output, model_scale(model))
+    scale = model_scale(model)
+    if outscale is not None and not (0 < outscale <= 16 * scale):
+        raise ConfigError(f"outscale must be in (0, {16 * scale}], got {outscale}")
+    targets = output_paths(files, output, outscale or scale, suffix=suffix, ext=ext, overwrite=overwrite)
+    check_writable(targets)
     pairs = list(zip(files, targets))
     if progress:
         from tqdm import tqdm
 
         pairs = tqdm(pairs, desc="upscale", unit="img")
-    written = []
+    written, failed = [], []
+    n_features = getattr(model, "n_features", 64)
     for src, dst in pairs:
-        img = read_image(src)
-        written.append(write_image(dst, upscale_array(model, img, **kwargs)))
+        try:
+            h, w, c, item = _probe(src)
+            check_memory(src, h, w, c, scale, limit=max_memory, outscale=outscale, tile=kwargs.get("tile"),
+                         batch_tiles=kwargs.get("batch_tiles", 4), n_features=int(n_features), itemsize=item)
+            img = read_image(src)
+            try:
+                out = upscale_array(model, img, outscale=outscale, **kwargs)
+            except (MemoryError, RuntimeError) as e:  # e.g. allocation failures inside torch
+                reason = " ".join(str(e).split())[:200] or type(e).__name__
+                raise InferenceError(f"{src}: upscaling failed ({reason})") from e
+            if dst.suffix.lower() != ".png" and out.dtype == np.uint16:
+                out = ((out.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # 8-bit formats
+            written.append(write_image(dst, out))
+            if on_written is not None:
+                on_written(written[-1])
+        except OTSError as e:
+            if len(files) == 1:
+                raise
+            failed.append((src, e))
+            if on_error is not None:
+                on_error(src, e)
+    if failed:
+        names = ", ".join(str(s.name) for s, _ in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise InferenceError(f"{len(failed)} of {len(files)} images failed ({names}); the other "
+                             f"{len(files) - len(failed)} were written")
     return written
 
 
@@ -412,10 +595,12 @@ def _is_mlflow_source(source: str) -> bool:
 # ----------------------------------------------------------------------------------------------------- CLI
 
 
-def _add_tiling_args(p: argparse.ArgumentParser, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP) -> None:
+def _add_tiling_args(p: argparse.ArgumentParser, tile: int = DEFAULT_TILE, overlap: int | None = DEFAULT_OVERLAP
+                     ) -> None:
     p.add_argument("--tile", type=int, default=tile, help=f"tile size in LR px, 0 = whole image (default {tile})")
+    default = f"{overlap}" if overlap is not None else f"min({DEFAULT_OVERLAP}, tile / 4)"
     p.add_argument("--overlap", type=int, default=overlap,
-                   help=f"LR px shared by neighbouring tiles; the outer quarter is context only (default {overlap})")
+                   help=f"LR px shared by neighbouring tiles; the outer quarter is context only (default {default})")
     p.add_argument("--batch-tiles", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
@@ -423,29 +608,67 @@ def _add_tiling_args(p: argparse.ArgumentParser, tile: int = DEFAULT_TILE, overl
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("upscale", help="upscale images with a trained map (any size, tiled)")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder (PNG files)")
-    p.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
+    p = sub.add_parser("upscale", help="upscale images with a trained map (any size, tiled)",
+                       description="Upscale images with a trained map (any size, tiled). Real-ESRGAN-style flags.")
+    p.add_argument("inputs", nargs="*", help="image files and/or folders")
+    p.add_argument("-i", "--input", action="append", default=[], dest="input_opts", metavar="PATH",
+                   help="an input image or folder (repeatable; same as a positional input)")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("--checkpoint", "--model", "--model-path", dest="checkpoint", required=True,
                    help="the map: checkpoint file, runs:/<run_id>/<path>, an MLflow run id or models:/<name>@<alias>")
-    _add_tiling_args(p)
+    p.add_argument("-s", "--outscale", type=float, default=None,
+                   help="final upscaling factor (default: the map's); other values resize the map's output")
+    p.add_argument("--suffix", default=None,
+                   help="folder output names are <name>_<suffix>.<ext> (default: x<outscale>; '' = no suffix)")
+    p.add_argument("--ext", default="png", choices=["auto", "png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"],
+                   help="folder output format (default png, lossless and 16-bit capable; auto = the input's)")
+    p.add_argument("--overwrite", action="store_true", help="allow an output to replace an input file")
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="refuse images whose estimated peak memory is larger (default: the memory available now)")
+    _add_tiling_args(p, overlap=None)
+    p.add_argument("--fp32", action="store_true", help="fp32 inference (same as --precision fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_upscale)
 
 
 def _cmd_upscale(args) -> int:
-    files = collect_inputs(args.inputs)  # fail on bad inputs before loading the model
+    import sys
+
+    inputs = list(args.inputs) + list(args.input_opts)
+    if not inputs:
+        raise InferenceError("no input images given (positional paths or -i/--input)")
+    if args.outscale is not None and args.outscale <= 0:
+        raise ConfigError(f"--outscale must be positive, got {args.outscale}")
+    if args.max_memory_gb is not None and args.max_memory_gb <= 0:
+        raise ConfigError(f"--max-memory-gb must be positive, got {args.max_memory_gb}")
+    files = collect_inputs(inputs)  # fail on bad inputs before loading the model
+    # the checks upscale_files repeats, here before the (slow) model load: no work is wasted. The default
+    # suffix names the map's scale, unknown until the model is loaded: then only folders are checked here.
+    targets = output_paths(files, args.output, args.outscale or 1, suffix=args.suffix if args.suffix is not None
+                           or args.outscale else "", ext=args.ext,
+                           overwrite=args.overwrite or (args.suffix is None and not args.outscale))
+    check_writable(targets)
+    overlap = args.overlap if args.overlap is not None else min(DEFAULT_OVERLAP, (args.tile or 0) // 4)
+    _check_tiling(args.tile or None, overlap)
     device = resolve_device(args.device)
+    precision = "fp32" if args.fp32 else args.precision
+    resolve_precision(precision, device)
     model = load_map(args.checkpoint, device=str(device))
-    written = upscale_files(model, files, args.output, progress=not args.no_progress,
-                            tile=args.tile or None, overlap=args.overlap, device=device,
-                            precision=args.precision, batch_tiles=args.batch_tiles)
-    for w in written:
-        print(w)
+
+    def report(path, err) -> None:
+        print(f"ots: error: {err}", file=sys.stderr, flush=True)
+
+    max_memory = int(args.max_memory_gb * (1 << 30)) if args.max_memory_gb else None
+    upscale_files(model, files, args.output, progress=not args.no_progress, outscale=args.outscale,
+                  suffix=args.suffix, ext=args.ext, overwrite=args.overwrite, max_memory=max_memory,
+                  on_error=report, on_written=print, tile=args.tile or None, overlap=overlap, device=device,
+                  precision=precision, batch_tiles=args.batch_tiles)
     return 0
 
 
 __all__ = [
+    "Cancelled",
+    "estimate_memory",
     "add_commands",
     "collect_inputs",
     "encode_png",

@@ -13,6 +13,7 @@ the URI and the cause.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,31 @@ import pyarrow.fs as pafs
 
 from ots.errors import StorageError
 
-__all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri"]
+__all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri"]
+
+# scheme://user:password@host -> scheme://user:***@host ; scheme://token@host -> scheme://***@host
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@?#:]*)(?P<pw>:[^\s/@?#]*)?@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:[^=&#\s]*(?:password|passwd|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key)"
+    r"[^=&#\s]*|sig|key))=(?P<val>[^&#\s]*)",
+    re.I,
+)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: ``user:password@`` -> ``user:***@``, a bare
+    ``token@`` -> ``***@``, and secret-looking query values (``?password=``, ``X-Amz-Signature=``, ``token=``)
+    -> ``***``. For anything printed, stored or logged; connect with the original."""
+    if not text:
+        return text
+
+    def userinfo(m: re.Match) -> str:
+        if m.group("pw") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        return f"{m.group('scheme')}***@"
+
+    out = _USERINFO.sub(userinfo, str(text))
+    return _SECRET_QUERY.sub(lambda m: f"{m.group('key')}=***", out)
 
 
 @dataclass(frozen=True)
@@ -180,15 +205,22 @@ class Store:
             client.head_bucket(Bucket=bucket)
             return self
         except EndpointConnectionError as e:
-            raise StorageError(f"{self.uri}: endpoint unreachable ({self._s3['endpoint'] or 'AWS'}): {e}") from e
+            raise StorageError(f"{self.uri}: endpoint unreachable ({redact_uri(self._s3['endpoint'] or 'AWS')}): "
+                               f"{redact_uri(str(e))}") from e
         except ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket", "NotFound"):
                 if not create:
                     raise StorageError(f"{self.uri}: bucket {bucket!r} does not exist") from e
             elif code in ("403", "AccessDenied", "Forbidden"):
+                # HEAD answers have no body: S3 says "403" both for rejected keys and for a denied bucket.
+                # Ask once more with a request whose error has a body, to name the real cause.
+                code = _error_code_with_body(client, bucket) or code
+                if code in _REJECTED_CREDENTIALS:
+                    raise StorageError(f"{self.uri}: credentials rejected ({code}); check AWS_ACCESS_KEY_ID/"
+                                       "AWS_SECRET_ACCESS_KEY (or the profile/session token)") from e
                 raise StorageError(f"{self.uri}: permission denied on bucket {bucket!r}") from e
-            elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "401"):
+            elif code in _REJECTED_CREDENTIALS:
                 raise StorageError(f"{self.uri}: credentials rejected ({code})") from e
             else:
                 raise StorageError(f"{self.uri}: cannot access bucket {bucket!r}: {code or e}") from e
@@ -265,9 +297,29 @@ class Store:
             raise self._err(rel, e, "delete") from e
 
 
+_REJECTED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                         "InvalidClientTokenId", "TokenRefreshRequired", "401")
+
+
+def _error_code_with_body(client, bucket: str) -> str:
+    """The S3 error code of a cheap GET on the bucket ('' when it succeeds or says nothing)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as e:
+        return str(e.response.get("Error", {}).get("Code", ""))
+    except BotoCoreError:
+        return ""
+    return ""
+
+
 def _cause(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
+    msg = redact_uri(" ".join(str(e).split()))
     low = msg.lower()
+    if "invalidaccesskeyid" in low or "invalid_access_key_id" in low or "signaturedoesnotmatch" in low \
+            or "signature_does_not_match" in low:
+        return "credentials rejected (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
     if "no_such_bucket" in low or "nosuchbucket" in low or "bucket does not exist" in low:
         return "bucket does not exist"
     if "access_denied" in low or "accessdenied" in low or "403" in low:

@@ -56,6 +56,7 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
     Bad input (OTSError) and MLflow failures (server down, permissions) end as one line and exit code 2.
     """
     from ots.errors import OTSError
+    from ots.storage import redact_uri
 
     ap = argparse.ArgumentParser(description=(doc or stage).splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -63,12 +64,12 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
     try:
         result = run(load_params(args.params), args.params)
     except OTSError as e:
-        print(f"{stage}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{stage}: error: {redact_uri(' '.join(str(e).split()))}", file=sys.stderr)
         return 2
     except Exception as e:
         if type(e).__module__.split(".")[0] != "mlflow":
             raise
-        print(f"{stage}: error: MLflow: {' '.join(str(e).split())[:500]}", file=sys.stderr)
+        print(f"{stage}: error: MLflow: {redact_uri(' '.join(str(e).split()))[:500]}", file=sys.stderr)
         return 2
     if report is not None:
         report(result)
@@ -80,7 +81,10 @@ def is_secret_key(key: str) -> bool:
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dict -> {"a.b.c": "value"} (strings), dropping keys that look like credentials."""
+    """Nested dict -> {"a.b.c": "value"} (strings), dropping keys that look like credentials and masking
+    credentials inside URI values (``user:password@`` -> ``user:***@``)."""
+    from ots.storage import redact_uri
+
     out: dict[str, str] = {}
     if isinstance(d, dict):
         for k, v in d.items():
@@ -89,7 +93,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
                 continue
             out.update(flatten(v, key))
     else:
-        out[prefix or "value"] = str(d)[:6000]
+        out[prefix or "value"] = redact_uri(str(d))[:6000]
     return out
 
 
@@ -97,6 +101,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else the configured URI, else ``sqlite:///mlflow.db`` (embedded).
 
     Relative sqlite paths and plain folders are made absolute (workers may run in another directory).
+    The result may hold ``user:password@``: connect with it, but print/store ``redact_uri(uri)`` only.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
     uri = str(uri)

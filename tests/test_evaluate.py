@@ -187,3 +187,25 @@ def test_no_mlflow_import_in_ots():
 
     code = "import sys, ots.evaluate, ots.cli; ots.cli.build_parser(); print('mlflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_cli_y_channel_and_crop_border(dataset, ckpt, tmp_path, no_weights, pairs):
+    """Issue 10 item 14: BasicSR's protocol (Y channel, crop_border) from the CLI, checked by hand."""
+    out_rgb, out_y = tmp_path / "rgb", tmp_path / "y"
+    base = ["evaluate", "--data", dataset, "--checkpoint", str(ckpt), "--tile", "0", "--device", "cpu",
+            "--grid-images", "1"]
+    assert ots_main(base + ["--out", str(out_rgb)]) == 0
+    assert ots_main(base + ["--out", str(out_y), "--crop-border", "4", "--test-y-channel"]) == 0
+    rgb = json.loads((out_rgb / "metrics.json").read_text())["methods"]["bicubic"]
+    y = json.loads((out_y / "metrics.json").read_text())
+    psnrs = []
+    for _, lr, hr in pairs:
+        sr = bicubic_upscale(lr, 4).astype(np.float64) / 255
+        h = hr.astype(np.float64) / 255
+        w = np.array([65.481, 128.553, 24.966]) / 255
+        ys, yh = (sr @ w + 16 / 255)[4:-4, 4:-4], (h @ w + 16 / 255)[4:-4, 4:-4]
+        psnrs.append(10 * np.log10(1 / np.mean((ys - yh) ** 2)))
+    assert y["methods"]["bicubic"]["psnr"] == pytest.approx(float(np.mean(psnrs)), abs=1e-6)
+    assert abs(y["methods"]["bicubic"]["psnr"] - rgb["psnr"]) > 0.05
+    assert "Y channel, 4 border px" in (out_y / "metrics.md").read_text()
+    assert ots_main(base + ["--out", str(out_y), "--crop-border", "-1"]) == 2

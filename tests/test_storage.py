@@ -76,6 +76,9 @@ def test_s3_permission_denied(s3_env, monkeypatch):
         def head_bucket(self, **kw):
             raise ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "HeadBucket")
 
+        def list_objects_v2(self, **kw):  # a GET has a body that names the cause
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListObjectsV2")
+
     monkeypatch.setattr(Store, "_boto_client", lambda self: Denied())
     with pytest.raises(StorageError, match=r"s3://locked-bucket/p: permission denied"):
         open_store("s3://locked-bucket/p")

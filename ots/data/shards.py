@@ -13,12 +13,16 @@ overlapping tiles (default 480 px) large enough for random 128-px crops, LR-doma
 Shard names are content addressed, written atomically (temporary name + rename locally, a single PUT on
 S3) and only become part of the dataset when ``manifest.json`` (with a sha256 per shard) is written. After
 the commit, files not listed in the manifest are removed. Rerunning on the same input reproduces
-byte-identical shards and manifest and skips the work when the manifest already matches.
+byte-identical shards and manifest and skips the work only when the manifest already matches *and* every shard
+still has its recorded sha256 (a damaged shard is rewritten by the rerun). A shard holds at most ``shard_bytes``
+raw pixel bytes -- a huge image's tiles span several shards -- unless one row alone is larger (a whole
+validation image cannot be split).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -180,8 +184,8 @@ def build_shards(
             old = read_manifest(store)
         except DataError:
             old = None
-        if old and old.get("config_key") == config_key and _shards_present(store, old):
-            return old, False
+        if old and old.get("config_key") == config_key and _shards_intact(store, old):
+            return old, False  # up to date: every shard is present with its recorded checksum
 
     groups = [
         ("train", "hr", [(s, s.rel.split("/", 1)[1].rsplit(".", 1)[0]) for s in src.hr], cfg.hr_tile),
@@ -210,22 +214,24 @@ def build_shards(
         for item, name in items:
             if split == "val":
                 _, lr, hr = item
-                imgs = [(decode_image(lr.path.read_bytes(), lr.rel), lr.rel, "lr"),
-                        (decode_image(hr.path.read_bytes(), hr.rel), hr.rel, "hr")]
-                lh, lw = imgs[0][0].shape[:2]
-                imgs[1] = (imgs[1][0][: lh * 4, : lw * 4], hr.rel, "hr")  # modcrop
-                new = [r for img, rel, dom in imgs for r in _rows_for_image(img, rel, name, "val", dom, None, 0)]
+                lr_img = decode_image(lr.path.read_bytes(), lr.rel)
+                lh, lw = lr_img.shape[:2]
+                hr_img = decode_image(hr.path.read_bytes(), hr.rel)[: lh * 4, : lw * 4]  # modcrop
+                new = itertools.chain(_rows_for_image(lr_img, lr.rel, name, "val", "lr", None, 0),
+                                      _rows_for_image(hr_img, hr.rel, name, "val", "hr", None, 0))
                 counts["val/pairs"] = counts.get("val/pairs", 0) + 1
             else:
                 img = decode_image(item.path.read_bytes(), item.rel)
-                new = list(_rows_for_image(img, item.rel, name, split, domain, tile, cfg.overlap))
+                new = _rows_for_image(img, item.rel, name, split, domain, tile, cfg.overlap)
                 counts[f"{split}/{domain}/images"] = counts.get(f"{split}/{domain}/images", 0) + 1
-                counts[f"{split}/{domain}/tiles"] = counts.get(f"{split}/{domain}/tiles", 0) + len(new)
-            rows += new
-            raw += sum(r[8].nbytes for r in new)
-            if raw >= cfg.shard_bytes:
-                flush(split, domain, rows)
-                rows, raw = [], 0
+            for row in new:  # shard_bytes holds within an image too: a huge image spans several shards
+                if rows and raw + row[8].nbytes > cfg.shard_bytes:
+                    flush(split, domain, rows)
+                    rows, raw = [], 0
+                rows.append(row)
+                raw += row[8].nbytes
+                if split != "val":
+                    counts[f"{split}/{domain}/tiles"] = counts.get(f"{split}/{domain}/tiles", 0) + 1
             if bar is not None:
                 bar.update(1)
         if rows:
@@ -242,9 +248,14 @@ def build_shards(
     return manifest, True
 
 
-def _shards_present(store: Store, manifest: dict) -> bool:
+def _shards_intact(store: Store, manifest: dict) -> bool:
+    """True when every shard of ``manifest`` is present with its recorded size *and* sha256 (a same-size bit
+    flip is bit-rot, not "up to date": the rerun then rewrites the damaged shards)."""
     try:
-        return all(store.size(s["name"]) == s["bytes"] for s in manifest["shards"])
+        for s in manifest["shards"]:
+            if store.size(s["name"]) != s["bytes"] or sha256(store.read_bytes(s["name"])) != s["sha256"]:
+                return False
+        return True
     except (StorageError, TypeError, KeyError):
         return False
 

@@ -67,17 +67,22 @@ def evaluate(
     fid_crops_per_image: int = 1,
     seed: int = 0,
     swd_patches: int = EVAL_PATCHES,
+    crop_border: int = 0,
+    y_channel: bool = False,
 ) -> dict[str, Any]:
     """All metrics for paired lists of (3, H, W) images in [0, 1] (SR outputs and their HR references).
 
     PSNR on [0, 1] RGB, SSIM on uint8-quantised RGB, LPIPS on [-1, 1], FID on random ``fid_crop`` crops, SWD of
-    SR vs HR. Pass models from :func:`load_optional` (``None`` = unavailable, its reason in ``unavailable``).
+    SR vs HR. ``crop_border``/``y_channel``: PSNR and SSIM with that many border px shaved and on the BT.601 Y
+    channel (the protocol BasicSR reports); the defaults keep the team's RGB protocol.
+    Pass models from :func:`load_optional` (``None`` = unavailable, its reason in ``unavailable``).
     Returns floats, ``None`` for unavailable metrics, and ``"unavailable": {metric: reason}``.
     """
     sr, hr = list(sr), list(hr)
     out: dict[str, Any] = {"n_images": len(sr), "unavailable": dict(unavailable or {})}
-    out["psnr"] = float(torch.cat([psnr_batch(s[None], h[None]) for s, h in zip(sr, hr)]).mean())
-    out["ssim"] = float(torch.cat([ssim_batch(quantize_uint8(s[None]), quantize_uint8(h[None]))
+    kw = {"shave": int(crop_border), "y_channel": bool(y_channel)}
+    out["psnr"] = float(torch.cat([psnr_batch(s[None], h[None], **kw) for s, h in zip(sr, hr)]).mean())
+    out["ssim"] = float(torch.cat([ssim_batch(quantize_uint8(s[None]), quantize_uint8(h[None]), **kw)
                                    for s, h in zip(sr, hr)]).mean())
     if lpips_model is not None:
         vals = [lpips_distance(lpips_model, s[None] * 2 - 1, h[None] * 2 - 1) for s, h in zip(sr, hr)]

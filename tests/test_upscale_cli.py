@@ -1,0 +1,178 @@
+"""Issue 10, item 11: `ots upscale` refuses to clobber inputs, checks memory and outputs before compute,
+continues past bad files in folder mode, Real-ESRGAN-style flags; `ots --version`; a light `ots --help`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ots.infer as infer
+from ots.cli import COMMANDS, build_parser, main
+from ots.infer import estimate_memory, read_image, write_image
+from tests.test_data_hardening import bomb_png
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Nearest(nn.Module):
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.scale = scale
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest") + self.dummy
+
+
+def _img(h=8, w=10, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, c)).astype(np.uint8)
+
+
+@pytest.fixture
+def model(monkeypatch):
+    m = Nearest(2)
+    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": m)
+    return m
+
+
+def _run(*args):
+    return main(["upscale", *map(str, args), "--checkpoint", "ckpt.pt", "--no-progress"])
+
+
+def test_same_input_and_output_is_refused_unless_overwrite(tmp_path, model, capsys):
+    src = write_image(tmp_path / "a.png", _img())
+    before = src.read_bytes()
+    assert _run(src, "-o", src) == 2
+    err = capsys.readouterr().err
+    assert "is an input file" in err and "--overwrite" in err and err.count("\n") == 1
+    assert src.read_bytes() == before
+    # folder mode whose names collide with the inputs
+    assert _run(tmp_path, "-o", tmp_path, "--suffix", "", "--ext", "auto") == 2
+    assert "is an input file" in capsys.readouterr().err and src.read_bytes() == before
+    assert _run(src, "-o", src, "--overwrite") == 0
+    assert read_image(src).shape == (16, 20, 3)
+
+
+def test_memory_is_estimated_up_front(tmp_path, model, monkeypatch, capsys):
+    def boom(*a, **k):
+        raise AssertionError("computed although the image cannot fit")
+
+    monkeypatch.setattr(infer, "upscale_array", boom)
+    big = tmp_path / "big.png"
+    big.write_bytes(bomb_png(9000, 9000))  # 81 MP: under the bomb limit, far over 2 GiB once x2 in float
+    assert _run(big, "-o", tmp_path / "o.png", "--max-memory-gb", "2") == 2
+    err = capsys.readouterr().err
+    assert "big.png: 9000x9000 -> 18000x18000 needs about" in err and "more than the 2.0 GiB available" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o.png").exists()
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(20000, 20000))
+    assert _run(bomb, "-o", tmp_path / "o.png") == 2
+    err = capsys.readouterr().err
+    assert "too large" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_memory_estimate_bounds_the_real_peak(tmp_path):
+    """The estimate is an upper bound of the measured peak RSS growth (fresh process, 512x512 -> x4)."""
+    code = (
+        "import numpy as np, torch, torch.nn.functional as F\n"
+        "from torch import nn\n"
+        "from ots.infer import upscale_array\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key): return int(line.split()[1]) * 1024\n"
+        "class N(nn.Module):\n"
+        "    scale = 4\n"
+        "    def forward(self, x): return F.interpolate(x, scale_factor=4, mode='nearest')\n"
+        "torch.set_num_threads(1)\n"
+        "img = np.zeros((512, 512, 3), np.uint8)\n"
+        "upscale_array(N(), img[:8, :8], tile=64, overlap=8)\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS\n"
+        "r0 = status('VmRSS')\n"
+        "upscale_array(N(), img, tile=64, overlap=8)\n"
+        "print(status('VmHWM') - r0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    peak = int(r.stdout.strip())
+    est = estimate_memory(512, 512, 3, 4, tile=64, batch_tiles=4, n_features=3)
+    assert 50 << 20 < peak <= est <= 4 * peak, (peak, est)  # 4096x4096 float buffers: >= 50 MiB for real
+
+
+def test_unwritable_output_fails_before_loading_or_compute(tmp_path, monkeypatch, capsys):
+    def no_load(*a, **k):
+        raise AssertionError("model loaded although the output cannot be written")
+
+    monkeypatch.setattr(infer, "load_map", no_load)
+    src = write_image(tmp_path / "a.png", _img())
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    assert _run(src, "-o", blocker / "sub" / "o.png") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ots: error: cannot write outputs to") and err.count("\n") == 1
+
+
+def test_folder_continues_past_bad_files_and_reports_them_all(tmp_path, model, capsys):
+    src = tmp_path / "in"
+    write_image(src / "a.png", _img(seed=1))
+    (src / "b.png").write_bytes(b"not a png at all")
+    write_image(src / "c.png", _img(seed=3))
+    (src / "d.png").write_bytes(bomb_png(20000, 20000))
+    rc = _run(src, "-o", tmp_path / "out")
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "c_x2.png"]
+    assert out.split() == [str(tmp_path / "out" / "a_x2.png"), str(tmp_path / "out" / "c_x2.png")]
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("ots: error: ") for line in lines)
+    assert "b.png" in lines[0] and "d.png" in lines[1] and "too large" in lines[1]
+    assert "2 of 4 images failed" in lines[2] and "Traceback" not in err
+
+
+def test_real_esrgan_style_flags(tmp_path, model, capsys):
+    src = tmp_path / "in"
+    write_image(src / "a.png", _img(8, 10, 4))
+    write_image(src / "b.png", _img(6, 6, 3))
+    rc = main(["upscale", "-i", str(src / "a.png"), "--input", str(src / "b.png"), "-o", str(tmp_path / "out"),
+               "-s", "3", "--suffix", "up", "--ext", "jpg", "--fp32", "--tile", "4", "--checkpoint", "c.pt",
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    a, b = read_image(tmp_path / "out" / "a_up.jpg"), read_image(tmp_path / "out" / "b_up.jpg")
+    assert a.shape == (24, 30, 3) and b.shape == (18, 18, 3)  # outscale 3 with a x2 map; JPEG has no alpha
+    rc = main(["upscale", "-i", str(src / "b.png"), "-o", str(tmp_path / "o2"), "--ext", "auto", "--suffix", "",
+               "--checkpoint", "c.pt", "--no-progress"])
+    assert rc == 0 and read_image(tmp_path / "o2" / "b.png").shape == (12, 12, 3)
+
+
+def test_version_and_a_light_help(capsys):
+    import ots
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ots {ots.__version__}"
+    code = ("import sys, time; t = time.perf_counter()\nfrom ots.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint(time.perf_counter() - t, 'torch' in sys.modules,"
+            " 'numpy' in sys.modules, file=sys.stderr)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    wall = time.perf_counter() - t0
+    inner, torch_loaded, numpy_loaded = r.stderr.split()
+    assert "upscale" in r.stdout and torch_loaded == "False" and numpy_loaded == "False"
+    assert float(inner) < 0.5 and wall < 3.0, (inner, wall)
+
+
+def test_lazy_help_lines_match_the_modules():
+    """The verb list `ots --help` shows without importing the modules says what the modules register."""
+    full = build_parser(full=True)
+    sub = next(a for a in full._actions if a.__class__.__name__ == "_SubParsersAction")
+    real = {c.dest: c.help for c in sub._choices_actions}
+    assert real == {verb: help_ for verb, (_, help_) in COMMANDS.items()}
