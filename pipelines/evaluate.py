@@ -36,6 +36,8 @@ DEFAULTS = {
     "lpips_weights": None,
     "inception_weights": None,
     "fid_crop": 128,
+    "crop_border": 0,        # PSNR/SSIM with this many border px shaved (BasicSR's protocol: the scale)
+    "test_y_channel": False,  # PSNR/SSIM on the Y channel (BasicSR's protocol) instead of RGB
     "max_images": 0,
     "grid_images": 4,
     "grid_crop": 256,
@@ -76,7 +78,7 @@ def tracking_uri(doc: dict, run_info: dict) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    if run_info.get("tracking_uri"):
+    if run_info.get("tracking_uri") and "***" not in str(run_info["tracking_uri"]):  # a redacted URI can't connect
         return str(run_info["tracking_uri"])
     train = doc.get("train") or {}
     ml = train.get("mlflow") if isinstance(train, dict) else None
@@ -136,6 +138,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
                             precision=p["precision"])
     results = score_outputs(pairs, outputs, lpips_weights=p["lpips_weights"], lpips_net=p["lpips_net"],
                             inception_weights=p["inception_weights"], device=device, fid_crop=int(p["fid_crop"]),
+                            crop_border=int(p["crop_border"]), y_channel=bool(p["test_y_channel"]),
                             seed=int(doc.get("seed", 0) or 0))
     results["tiling"] = {"tile": tile, "overlap": int(p["overlap"])}
     results["checkpoint"] = str(ckpt)

@@ -204,6 +204,7 @@ def run(params: dict) -> dict:
     from ray.train.torch import TorchTrainer
 
     from ots.data import open_dataset
+    from ots.storage import redact_uri
     from pipelines.common import get_or_create_experiment, log_params, mlflow_client, resolve_tracking_uri
 
     params = resolve(params)
@@ -226,7 +227,7 @@ def run(params: dict) -> dict:
         run_name = f"{run_name}-{run_id[:8]}"
         client.set_tag(run_id, "ots.ray_run", run_name)
     log_params(client, run_id, params)
-    print(f"train: mlflow run {run_id} at {tracking_uri} (experiment {train['mlflow']['experiment']!r}); "
+    print(f"train: mlflow run {run_id} at {redact_uri(tracking_uri)} (experiment {train['mlflow']['experiment']!r}); "
           f"checkpoints in {storage_uri}/{run_name}", flush=True)
 
     _init_ray()
@@ -287,7 +288,7 @@ def run(params: dict) -> dict:
     client.log_artifact(run_id, str(final), artifact_path="checkpoints")
     summary = {
         "mlflow_run_id": run_id,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact_uri(tracking_uri),  # never a password in a file; readers use the environment
         "experiment": train["mlflow"]["experiment"],
         "ray_run_name": run_name,
         "steps": int(metrics["step"]),

@@ -415,6 +415,7 @@ def run(params: dict) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ots.data import open_dataset
+    from ots.storage import redact_uri
     from pipelines.common import flatten, get_or_create_experiment, log_params, mlflow_client, resolve_tracking_uri
     from pipelines.train import _abs_local, _init_ray
 
@@ -451,7 +452,7 @@ def run(params: dict) -> dict:
                                    **{k: base[k] for k in ("seed", "model", "solver")}})
     space_params = flatten({"space": {k: {n: a} for k, (n, a) in space.items()}})
     log_params(client, parent_id, {"tune": {k.replace("space.", "space/", 1): v for k, v in space_params.items()}})
-    print(f"tune: mlflow parent run {parent_id} at {tracking_uri} (experiment {mlf['experiment']!r}); "
+    print(f"tune: mlflow parent run {parent_id} at {redact_uri(tracking_uri)} (experiment {mlf['experiment']!r}); "
           f"{tune['num_samples']} trial(s) x {tune['max_steps']} steps, metric {metric}", flush=True)
 
     _init_ray()
@@ -496,7 +497,7 @@ def run(params: dict) -> dict:
                         f"#   train.overrides: {tune['output']}\n" + yaml.safe_dump(best_nested, sort_keys=True))
     summary = {
         "metric": metric, "mode": "min", "note": note, "mlflow_parent_run_id": parent_id,
-        "tracking_uri": tracking_uri, "experiment": mlf["experiment"], "ray_run_name": name,
+        "tracking_uri": redact_uri(tracking_uri), "experiment": mlf["experiment"], "ray_run_name": name,
         "space": {k: {n: a} for k, (n, a) in space.items()},
         "best": {"trial_id": best["trial_id"], "value": best["last"], "step": best["steps"][-1],
                  "config": best["config"], "mlflow_run_id": best["mlflow_run_id"]},
