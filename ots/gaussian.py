@@ -176,23 +176,25 @@ def train(kind: str, pair: GaussianPair, run: GaussianRun, lam: float = 1.0, pro
 class Row:
     method: str                      # "ots" | "gan"
     lam: float | None = None
-    budget: str = "equal-steps"      # "equal-steps" | "equal-map-updates"
+    budget: str = "equal-steps"      # "equal-steps" | "equal-map-updates" (GAN) | "long" (OTS)
 
     @property
     def key(self) -> str:
         if self.method == "ots":
-            return "ots"
+            return "ots" + (" long" if self.budget == "long" else "")
         return f"gan lam={self.lam:g}" + (" equal-map" if self.budget == "equal-map-updates" else "")
 
     def outer_steps(self, run: GaussianRun) -> int:
-        return run.steps * run.k if self.budget == "equal-map-updates" else run.steps
+        """k× the outer steps for the GAN's equal-map-updates control and for OTS "long" (which then makes as
+        many updates, map + potential, as that control)."""
+        return run.steps * run.k if self.budget in ("equal-map-updates", "long") else run.steps
 
     def map_updates(self, run: GaussianRun) -> int:
         return self.outer_steps(run) * (run.k if self.method == "ots" else 1)
 
 
-def plan(lambdas=GAN_LAMBDAS, equal_map_lambdas=EQUAL_MAP_LAMBDAS) -> list[Row]:
-    rows = [Row("ots")]
+def plan(lambdas=GAN_LAMBDAS, equal_map_lambdas=EQUAL_MAP_LAMBDAS, ots_long: bool = False) -> list[Row]:
+    rows = [Row("ots")] + ([Row("ots", None, "long")] if ots_long else [])
     for lam in sorted(set(map(float, lambdas)) | set(map(float, equal_map_lambdas))):
         if lam in map(float, lambdas):
             rows.append(Row("gan", lam))
@@ -236,11 +238,12 @@ def _config(dim, run, pair_seed, eval_seed, eval_n) -> dict:
 
 def benchmark(dim: int, run: GaussianRun | None = None, lambdas=GAN_LAMBDAS, equal_map_lambdas=EQUAL_MAP_LAMBDAS,
               seeds=SEEDS, eval_seed: int = EVAL_SEED, eval_n: int = EVAL_SAMPLES, pair_seed: int = 0,
-              jobs: int = 1, out: str | None = None, resume: bool = False, log=None) -> dict:
+              jobs: int = 1, out: str | None = None, resume: bool = False, log=None,
+              ots_long: bool = False) -> dict:
     """Every row of `plan(...)` for every seed; summaries and ratios to OTS. With `out`, the JSON is rewritten
     after every finished (row, seed), and `resume` reuses the finished ones of a run with the same config."""
     run = replace(run or GaussianRun(), dim=dim)
-    rows = plan(lambdas, equal_map_lambdas)
+    rows = plan(lambdas, equal_map_lambdas, ots_long)
     config = _config(dim, run, pair_seed, eval_seed, eval_n)
     done: dict[tuple[str, int], dict] = {}
     if resume and out and os.path.isfile(out):
@@ -357,8 +360,8 @@ def markdown_table(result: dict) -> str:
     ]
     for e in result["rows"].values():
         name = "**OTS**" if e["method"] == "ots" else f"GAN λ = {e['lam']:g}"
-        budget = "—" if e["method"] == "ots" else ("equal map updates" if e["budget"] == "equal-map-updates"
-                                                   else "equal steps")
+        budget = {"equal-map-updates": "equal map updates", "long": "k× steps (= updates of the GAN control)"}.get(
+            e["budget"], "—" if e["method"] == "ots" else "equal steps")
         incomplete = "" if e.get("complete", True) else f" ({len(e['per_seed'])}/{n} seeds)"
         if "worse_by" in e:
             which = "L2" if e["ratio_l2_uvp"] >= e["ratio_bw2_uvp"] else "BW²"
@@ -389,6 +392,8 @@ def add_bench_command(bench_sub) -> None:
     p.add_argument("--lambdas", type=float, nargs="*", default=list(GAN_LAMBDAS), help="GAN λ at equal steps")
     p.add_argument("--equal-map-lambdas", type=float, nargs="*", default=list(EQUAL_MAP_LAMBDAS),
                    help="GAN λ also run with as many map updates as OTS (k× the outer steps)")
+    p.add_argument("--ots-long", action="store_true",
+                   help="also OTS with k× the outer steps (as many updates as the GAN's equal-map control)")
     p.add_argument("--jobs", type=int, default=1, help="parallel training processes (1 torch thread each)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads with --jobs 1")
     p.add_argument("--out", help="also write the JSON here (rewritten after every finished run)")
@@ -422,7 +427,8 @@ def _bench(args) -> int:
         run = GaussianRun(dim=dim, steps=args.steps, k=args.k, batch=args.batch, hidden=args.hidden, lr=args.lr)
         results.append(benchmark(dim, run, tuple(args.lambdas), tuple(args.equal_map_lambdas), tuple(args.seeds),
                                  args.eval_seed, args.eval_samples, args.pair_seed, args.jobs, args.out,
-                                 args.resume, log=lambda s: print(s, file=sys.stderr, flush=True)))
+                                 args.resume, log=lambda s: print(s, file=sys.stderr, flush=True),
+                                 ots_long=args.ots_long))
     if args.markdown:
         print("\n\n".join(markdown_table(r) for r in results))
     else:

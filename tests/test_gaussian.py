@@ -67,6 +67,8 @@ def test_plan_puts_the_equal_map_control_beside_its_equal_steps_row():
     assert ots.map_updates(run) == 300 and ots.outer_steps(run) == 30
     assert gan.map_updates(run) == 30 and gan.outer_steps(run) == 30       # equal steps: k× fewer map updates
     assert gan_eq.map_updates(run) == 300 and gan_eq.outer_steps(run) == 300  # the control: as many as OTS
+    ots_long = plan(lambdas=(), equal_map_lambdas=(), ots_long=True)[1]
+    assert ots_long.key == "ots long" and ots_long.outer_steps(run) == gan_eq.outer_steps(run)  # as many updates
 
 
 def _fake_run(calls):
