@@ -34,7 +34,7 @@ from ots.models.mlp import MLPMap, MLPPotential
 from ots.solver import SOLVERS
 
 GAN_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 10.0, 100.0)
-EQUAL_MAP_LAMBDAS = (0.0, 0.01, 0.1)  # the informative small λ (the 1/λ cap does not bind)
+EQUAL_MAP_LAMBDAS = (0.0, 0.01, 0.03, 0.1)  # the informative small λ (the 1/λ cap does not bind)
 SEEDS = (0, 1, 2)
 EVAL_SEED = 20_261_126
 EVAL_SAMPLES = 100_000
