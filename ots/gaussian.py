@@ -4,14 +4,27 @@
 
 OTS should recover T* (small L2-UVP); the content-regularized GAN should not, for any λ: either T is far
 from T* or T#P is far from Q (the bias the paper proves).
+
+Protocol of `ots bench gaussian` (all of it lands in the JSON):
+- every row is trained with several seeds (network init + training sample stream); mean, std, min, max;
+- metrics use fresh samples from an evaluation stream that no training stream can share (own seed and purpose
+  tag in the seed derivation);
+- GAN rows at "equal steps" get the same outer steps as OTS (same number of inner updates, but the GAN's map
+  gets k times fewer updates than OTS's map); for small λ an "equal map updates" control gives the GAN's map as
+  many updates as OTS's map (k times more outer steps);
+- for λ > 0 the critic (≈1-Lipschitz under the gradient penalty) can pull T(x) at most 1/λ away from x
+  (λ‖T(x) − x‖ = ‖∇f(T(x))‖ ≈ 1 at the map's optimum), so rows where much of T*'s displacement exceeds 1/λ fail by
+  construction; `beyond_cap` is the share of P whose OT displacement ‖T*(x) − x‖ exceeds 1/λ.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -20,7 +33,18 @@ from torch import nn
 from ots.models.mlp import MLPMap, MLPPotential
 from ots.solver import SOLVERS
 
-GAN_LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0)
+GAN_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 10.0, 100.0)
+EQUAL_MAP_LAMBDAS = (0.0, 0.01, 0.03, 0.1)  # the informative small λ (the 1/λ cap does not bind)
+SEEDS = (0, 1, 2)
+EVAL_SEED = 20_261_126
+EVAL_SAMPLES = 100_000
+METRICS = ("l2_uvp", "cos", "bw2_uvp")
+_PURPOSE = {"train": 1, "eval": 2}
+
+
+def stream_seed(seed: int, purpose: str) -> int:
+    """Seed of a sample stream; streams of different purposes never coincide, whatever the two seeds are."""
+    return int(np.random.SeedSequence([int(seed), _PURPOSE[purpose]]).generate_state(1)[0])
 
 
 def sqrtm_psd(m: np.ndarray) -> np.ndarray:
@@ -69,13 +93,19 @@ def bures_wasserstein2(m_a, S_a, m_b, S_b) -> float:
     return float(np.sum((m_a - m_b) ** 2) + np.trace(S_a) + np.trace(S_b) - 2 * np.trace(sqrtm_psd(r @ S_b @ r)))
 
 
-@torch.no_grad()
-def evaluate_map(T: nn.Module, pair: GaussianPair, n: int = 100_000, seed: int = 1) -> dict[str, float]:
-    """L2-UVP and cos against T*, and BW²-UVP of T#P (empirical mean/covariance) against Q, in percent."""
-    g = torch.Generator().manual_seed(seed)
+def _eval_samples(pair: GaussianPair, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(stream_seed(seed, "eval"))
     x = pair.sampler("P", n, g)().double()
-    A = torch.tensor(pair.ot_matrix())
-    t_star = torch.tensor(pair.m2) + (x - torch.tensor(pair.m1)) @ A.T
+    t_star = torch.tensor(pair.m2) + (x - torch.tensor(pair.m1)) @ torch.tensor(pair.ot_matrix()).T
+    return x, t_star
+
+
+@torch.no_grad()
+def evaluate_map(T: nn.Module, pair: GaussianPair, n: int = EVAL_SAMPLES, seed: int = EVAL_SEED) -> dict[str, float]:
+    """L2-UVP and cos against T*, and BW²-UVP of T#P (empirical mean/covariance) against Q, in percent.
+
+    The samples come from the evaluation stream of `seed`, never from a training stream."""
+    x, t_star = _eval_samples(pair, n, seed)
     t = T(x.float()).double()
     var_q = float(np.trace(pair.S2))
     l2_uvp = 100 * float((t - t_star).square().sum(1).mean()) / var_q
@@ -85,6 +115,13 @@ def evaluate_map(T: nn.Module, pair: GaussianPair, n: int = 100_000, seed: int =
     tn = t.numpy()
     bw = bures_wasserstein2(tn.mean(0), np.cov(tn, rowvar=False), pair.m2, pair.S2)
     return {"l2_uvp": l2_uvp, "cos": cos, "bw2_uvp": 100 * bw / var_q}
+
+
+@torch.no_grad()
+def ot_displacement(pair: GaussianPair, n: int = EVAL_SAMPLES, seed: int = EVAL_SEED) -> np.ndarray:
+    """‖T*(x) − x‖ on the evaluation samples."""
+    x, t_star = _eval_samples(pair, n, seed)
+    return (t_star - x).norm(dim=1).numpy()
 
 
 class SquaredEuclidean(nn.Module):
@@ -102,24 +139,26 @@ class Identity(nn.Module):
 @dataclass
 class GaussianRun:
     dim: int = 16
-    steps: int = 3000          # outer steps
+    steps: int = 500           # outer steps (OTS, and the GAN at "equal steps")
     k: int = 10                # OTS: map steps per potential step; GAN: critic steps per map step
-    batch: int = 1024
-    hidden: int = 128
+    batch: int = 256
+    hidden: int = 64
     depth: int = 3
     lr: float = 1e-3
     seed: int = 0
 
 
 def train(kind: str, pair: GaussianPair, run: GaussianRun, lam: float = 1.0, progress: bool = False):
-    """Train OTS or the GAN on `pair` with identical networks, optimizer and update budget."""
+    """Train OTS or the GAN on `pair` with identical networks and optimizer for `run.steps` outer steps.
+
+    `run.seed` fixes the network init and the training sample stream (disjoint from every evaluation stream)."""
     torch.manual_seed(run.seed)
     T = MLPMap(pair.dim, run.hidden, run.depth)
     f = MLPPotential(pair.dim, run.hidden, run.depth)
     config = {"k_T": run.k, "lr_map": run.lr, "lr_potential": run.lr, "betas": (0.5, 0.9), "lam": lam,
               "check_every": 100}
     solver = SOLVERS[kind](T, f, SquaredEuclidean(), Identity(), config, device="cpu")
-    g = torch.Generator().manual_seed(run.seed + 1)
+    g = torch.Generator().manual_seed(stream_seed(run.seed, "train"))
     next_p, next_q = pair.sampler("P", run.batch, g), pair.sampler("Q", run.batch, g)
     steps = range(run.steps)
     if progress:
@@ -132,61 +171,266 @@ def train(kind: str, pair: GaussianPair, run: GaussianRun, lam: float = 1.0, pro
     return T.eval()
 
 
-def benchmark(dim: int, run: GaussianRun | None = None, lambdas=GAN_LAMBDAS, progress: bool = True) -> dict:
-    run = run or GaussianRun(dim=dim)
-    pair = GaussianPair.random(dim, seed=run.seed)
-    result = {"dim": dim, "run": run.__dict__, "ots": {}, "gan": {}}
+# -- the benchmark: rows x seeds -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    method: str                      # "ots" | "gan"
+    lam: float | None = None
+    budget: str = "equal-steps"      # "equal-steps" | "equal-map-updates" (GAN) | "long" (OTS)
+
+    @property
+    def key(self) -> str:
+        if self.method == "ots":
+            return "ots" + (" long" if self.budget == "long" else "")
+        return f"gan lam={self.lam:g}" + (" equal-map" if self.budget == "equal-map-updates" else "")
+
+    def outer_steps(self, run: GaussianRun) -> int:
+        """k× the outer steps for the GAN's equal-map-updates control and for OTS "long" (which then makes as
+        many updates, map + potential, as that control)."""
+        return run.steps * run.k if self.budget in ("equal-map-updates", "long") else run.steps
+
+    def map_updates(self, run: GaussianRun) -> int:
+        return self.outer_steps(run) * (run.k if self.method == "ots" else 1)
+
+
+def plan(lambdas=GAN_LAMBDAS, equal_map_lambdas=EQUAL_MAP_LAMBDAS, ots_long: bool = False) -> list[Row]:
+    rows = [Row("ots")] + ([Row("ots", None, "long")] if ots_long else [])
+    for lam in sorted(set(map(float, lambdas)) | set(map(float, equal_map_lambdas))):
+        if lam in map(float, lambdas):
+            rows.append(Row("gan", lam))
+        if lam in map(float, equal_map_lambdas):
+            rows.append(Row("gan", lam, "equal-map-updates"))
+    return rows
+
+
+def _run_one(dim: int, pair_seed: int, run: dict, row: Row, seed: int, eval_seed: int, eval_n: int) -> dict:
+    torch.set_num_threads(1)
+    pair = GaussianPair.random(dim, seed=pair_seed)
+    r = replace(GaussianRun(**run), seed=seed)
+    r = replace(r, steps=row.outer_steps(r))
     t0 = time.perf_counter()
-    result["ots"] = evaluate_map(train("ots", pair, run, progress=progress), pair)
-    result["ots"]["seconds"] = time.perf_counter() - t0
-    for lam in lambdas:
-        t0 = time.perf_counter()
-        m = evaluate_map(train("gan", pair, run, lam=lam, progress=progress), pair)
-        m["seconds"] = time.perf_counter() - t0
-        ots = result["ots"]
-        # How much worse than OTS this λ is, in the better of the two criteria (the bias: >= 3x in one of them).
-        m["ratio_l2_uvp"] = m["l2_uvp"] / max(ots["l2_uvp"], 1e-12)
-        m["ratio_bw2_uvp"] = m["bw2_uvp"] / max(ots["bw2_uvp"], 1e-12)
-        m["worse_by"] = max(m["ratio_l2_uvp"], m["ratio_bw2_uvp"])
-        result["gan"][f"{lam:g}"] = m
-    result["identity"] = evaluate_map(Identity(), pair)  # the scale of "no transport at all"
-    result["gan_min_worse_by"] = min((m["worse_by"] for m in result["gan"].values()), default=math.nan)
+    T = train(row.method, pair, r, lam=row.lam if row.lam is not None else 0.0)
+    m = evaluate_map(T, pair, n=eval_n, seed=eval_seed)
+    m.update(seed=seed, seconds=round(time.perf_counter() - t0, 1))
+    return m
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if len(v) == 0:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _config(dim, run, pair_seed, eval_seed, eval_n) -> dict:
+    cfg = {k: v for k, v in asdict(run).items() if k != "seed"}
+    return {**cfg, "dim": dim, "pair_seed": pair_seed, "eval_seed": eval_seed, "eval_samples": eval_n}
+
+
+def benchmark(dim: int, run: GaussianRun | None = None, lambdas=GAN_LAMBDAS, equal_map_lambdas=EQUAL_MAP_LAMBDAS,
+              seeds=SEEDS, eval_seed: int = EVAL_SEED, eval_n: int = EVAL_SAMPLES, pair_seed: int = 0,
+              jobs: int = 1, out: str | None = None, resume: bool = False, log=None,
+              ots_long: bool = False) -> dict:
+    """Every row of `plan(...)` for every seed; summaries and ratios to OTS. With `out`, the JSON is rewritten
+    after every finished (row, seed), and `resume` reuses the finished ones of a run with the same config."""
+    run = replace(run or GaussianRun(), dim=dim)
+    rows = plan(lambdas, equal_map_lambdas, ots_long)
+    config = _config(dim, run, pair_seed, eval_seed, eval_n)
+    done: dict[tuple[str, int], dict] = {}
+    if resume and out and os.path.isfile(out):
+        old = load_result(out)
+        if old.get("config") == config:
+            for key, r in old.get("rows", {}).items():
+                for m in r.get("per_seed", []):
+                    done[(key, m["seed"])] = m
+    pair = GaussianPair.random(dim, seed=pair_seed)
+    disp = ot_displacement(pair, eval_n, eval_seed)
+    tasks = [(row, s) for row in rows for s in seeds if (row.key, s) not in done]
+    tasks.sort(key=lambda t: -t[0].outer_steps(run) * (3 if t[0].method == "gan" else 1))  # longest first
+
+    def finish(row: Row, m: dict) -> None:
+        done[(row.key, m["seed"])] = m
+        if log:
+            log(f"[{len(done)}/{len(rows) * len(seeds)}] {row.key} seed {m['seed']}: "
+                f"L2-UVP {m['l2_uvp']:.3g} %, BW²-UVP {m['bw2_uvp']:.3g} % ({m['seconds']:.0f} s)")
+        if out:
+            _write_json(out, _assemble(dim, run, config, rows, seeds, done, pair, disp, eval_n, eval_seed))
+
+    args = (dim, pair_seed, asdict(run))
+    if jobs <= 1:
+        for row, s in tasks:
+            finish(row, _run_one(*args, row, s, eval_seed, eval_n))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, *args, row, s, eval_seed, eval_n): row for row, s in tasks}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+    return _assemble(dim, run, config, rows, seeds, done, pair, disp, eval_n, eval_seed)
+
+
+def _assemble(dim, run, config, rows, seeds, done, pair, disp, eval_n, eval_seed) -> dict:
+    result = {
+        "dim": dim,
+        "config": config,
+        "seeds": list(seeds),
+        "eval": {"seed": eval_seed, "samples": eval_n,
+                 "stream": "fresh samples, independent of every training stream (own seed and purpose tag)"},
+        "ot_displacement": {"rms": float(np.sqrt(np.mean(disp ** 2))), "median": float(np.median(disp)),
+                            "p90": float(np.quantile(disp, 0.9))},
+        "identity": evaluate_map(Identity(), pair, eval_n, eval_seed),
+        "rows": {},
+    }
+    for row in rows:
+        per_seed = sorted((done[(row.key, s)] for s in seeds if (row.key, s) in done), key=lambda m: m["seed"])
+        entry = {"method": row.method, "lam": row.lam, "budget": row.budget,
+                 "outer_steps": row.outer_steps(run), "map_updates": row.map_updates(run),
+                 "per_seed": per_seed, "complete": len(per_seed) == len(seeds),
+                 **{name: _stats([m[name] for m in per_seed]) for name in METRICS}}
+        if row.lam:
+            entry["beyond_cap"] = float(np.mean(disp > 1 / row.lam))
+        elif row.method == "gan":
+            entry["beyond_cap"] = 0.0
+        result["rows"][row.key] = entry
+    ots = result["rows"].get("ots")
+    closest = None
+    for key, entry in result["rows"].items():
+        if entry["method"] != "gan" or not entry["per_seed"] or not (ots and ots["per_seed"]):
+            continue
+        # How much worse than OTS: the larger of the two criteria (the bias shows in one of them), on means, and
+        # conservatively (the GAN's best seed against OTS's worst seed).
+        for name in ("l2_uvp", "bw2_uvp"):
+            entry[f"ratio_{name}"] = entry[name]["mean"] / max(ots[name]["mean"], 1e-12)
+            entry[f"ratio_{name}_conservative"] = entry[name]["min"] / max(ots[name]["max"], 1e-12)
+        entry["worse_by"] = max(entry["ratio_l2_uvp"], entry["ratio_bw2_uvp"])
+        entry["worse_by_conservative"] = max(entry["ratio_l2_uvp_conservative"],
+                                             entry["ratio_bw2_uvp_conservative"])
+        if closest is None or entry["worse_by"] < result["rows"][closest]["worse_by"]:
+            closest = key
+    result["closest_gan_row"] = closest
     return result
 
 
+def load_result(path: str) -> dict:
+    from ots.errors import ConfigError
+
+    try:
+        with open(path) as fh:
+            obj = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"no such result file: {path}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {path} as JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("rows"), dict):
+        raise ConfigError(f"{path} is not an `ots bench gaussian` result (no 'rows')")
+    return obj
+
+
+# -- the markdown table ----------------------------------------------------------------------------------------
+def _fmt(s: dict, digits: int = 2) -> str:
+    if s.get("mean") is None:
+        return "—"
+    if s["min"] == s["max"]:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+
+def markdown_table(result: dict) -> str:
+    """One row per (method, λ, budget): mean [min, max] over the seeds."""
+    cfg = result.get("config", {})
+    n = len(result.get("seeds", []))
+    lines = [
+        f"D = {result.get('dim')}, {n} seeds (mean [min, max]), eval: {cfg.get('eval_samples')} fresh samples "
+        f"(eval seed {cfg.get('eval_seed')}); OT displacement rms {result['ot_displacement']['rms']:.2f}.",
+        "",
+        "| method | budget | map updates | L2-UVP % | cos | BW²-UVP % (T#P vs Q) | worse than OTS by "
+        "(mean; conservative) | P beyond 1/λ cap |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in result["rows"].values():
+        name = "**OTS**" if e["method"] == "ots" else f"GAN λ = {e['lam']:g}"
+        budget = {"equal-map-updates": "equal map updates", "long": "k× steps (= updates of the GAN control)"}.get(
+            e["budget"], "—" if e["method"] == "ots" else "equal steps")
+        incomplete = "" if e.get("complete", True) else f" ({len(e['per_seed'])}/{n} seeds)"
+        if "worse_by" in e:
+            which = "L2" if e["ratio_l2_uvp"] >= e["ratio_bw2_uvp"] else "BW²"
+            worse = f"{e['worse_by']:.3g}× ({which}); {e['worse_by_conservative']:.3g}×"
+        else:
+            worse = "—"
+        cap = f"{100 * e['beyond_cap']:.0f} %" if "beyond_cap" in e else "—"
+        lines.append(f"| {name}{incomplete} | {budget} | {e['map_updates']} | {_fmt(e['l2_uvp'])} | "
+                     f"{_fmt(e['cos'], 4)} | {_fmt(e['bw2_uvp'])} | {worse} | {cap} |")
+    ident = result["identity"]
+    lines.append(f"| identity | — | 0 | {ident['l2_uvp']:.2f} | — | {ident['bw2_uvp']:.2f} | | |")
+    return "\n".join(lines)
+
+
+# -- CLI -------------------------------------------------------------------------------------------------------
 def add_bench_command(bench_sub) -> None:
     p = bench_sub.add_parser("gaussian", help="OTS vs the regularized GAN on Gaussians with a closed-form OT map")
     p.add_argument("--dim", type=int, nargs="+", default=[16])
-    p.add_argument("--steps", type=int, default=GaussianRun.steps)
+    p.add_argument("--steps", type=int, default=GaussianRun.steps, help="outer steps of OTS (and equal-steps GAN)")
     p.add_argument("--k", type=int, default=GaussianRun.k)
     p.add_argument("--batch", type=int, default=GaussianRun.batch)
     p.add_argument("--hidden", type=int, default=GaussianRun.hidden)
     p.add_argument("--lr", type=float, default=GaussianRun.lr)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lambdas", type=float, nargs="*", default=list(GAN_LAMBDAS))
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (small matmuls: 1 is fastest)")
-    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds (init + samples)")
+    p.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the fresh evaluation samples")
+    p.add_argument("--eval-samples", type=int, default=EVAL_SAMPLES)
+    p.add_argument("--pair-seed", type=int, default=0, help="seed of the Gaussian pair (the problem)")
+    p.add_argument("--lambdas", type=float, nargs="*", default=list(GAN_LAMBDAS), help="GAN λ at equal steps")
+    p.add_argument("--equal-map-lambdas", type=float, nargs="*", default=list(EQUAL_MAP_LAMBDAS),
+                   help="GAN λ also run with as many map updates as OTS (k× the outer steps)")
+    p.add_argument("--ots-long", action="store_true",
+                   help="also OTS with k× the outer steps (as many updates as the GAN's equal-map control)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel training processes (1 torch thread each)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads with --jobs 1")
+    p.add_argument("--out", help="also write the JSON here (rewritten after every finished run)")
+    p.add_argument("--resume", action="store_true", help="reuse the finished runs in --out (same config only)")
+    p.add_argument("--markdown", action="store_true", help="print the markdown table instead of the JSON")
+    p.add_argument("--table", metavar="JSON", help="only print the markdown table of an existing result file")
     p.set_defaults(func=_bench)
 
 
 def _bench(args) -> int:
     from ots.errors import ConfigError
 
+    if args.table:
+        print(markdown_table(load_result(args.table)))
+        return 0
     if any(d < 1 for d in args.dim) or args.steps < 1 or args.batch < 2:
         raise ConfigError("need --dim >= 1, --steps >= 1 and --batch >= 2")
+    if args.k < 1 or args.hidden < 1 or args.jobs < 1 or args.eval_samples < 2 or not args.lr > 0:
+        raise ConfigError("need --k >= 1, --hidden >= 1, --jobs >= 1, --eval-samples >= 2 and --lr > 0")
+    if any(not (lam >= 0 and math.isfinite(lam)) for lam in args.lambdas + args.equal_map_lambdas):
+        raise ConfigError("GAN λ must be finite and >= 0")
+    if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
+        raise ConfigError(f"--seeds must be distinct and >= 0, got {args.seeds}")
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out")
+    if args.out and len(args.dim) > 1:
+        raise ConfigError("--out takes one --dim (one result file per dimension)")
     torch.set_num_threads(max(1, args.threads))
     results = []
     for dim in args.dim:
-        run = GaussianRun(dim=dim, steps=args.steps, k=args.k, batch=args.batch, hidden=args.hidden, lr=args.lr,
-                          seed=args.seed)
-        results.append(benchmark(dim, run, tuple(args.lambdas)))
-    text = json.dumps(results if len(results) > 1 else results[0], indent=2)
-    if args.out:
-        import os
-
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out + ".tmp", "w") as fh:
-            fh.write(text + "\n")
-        os.replace(args.out + ".tmp", args.out)
-    print(text)
+        run = GaussianRun(dim=dim, steps=args.steps, k=args.k, batch=args.batch, hidden=args.hidden, lr=args.lr)
+        results.append(benchmark(dim, run, tuple(args.lambdas), tuple(args.equal_map_lambdas), tuple(args.seeds),
+                                 args.eval_seed, args.eval_samples, args.pair_seed, args.jobs, args.out,
+                                 args.resume, log=lambda s: print(s, file=sys.stderr, flush=True),
+                                 ots_long=args.ots_long))
+    if args.markdown:
+        print("\n\n".join(markdown_table(r) for r in results))
+    else:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     return 0
