@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "ots.infer",
     "ots.data.cli",
     "ots.evaluate",
+    "ots.export",
 ]
 
 

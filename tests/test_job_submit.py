@@ -209,7 +209,7 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
         ray_cli("job", "submit", "--no-wait", f"--submission-id={job_id}", "--working-dir", ".",
                 "--runtime-env-json", json.dumps(runtime_env), "--",
                 "python", "-m", "pipelines.train", "--params", "infra/params.job.yaml")
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         status = ""
         while time.monotonic() < deadline:
             status = ray_cli("job", "status", job_id).stdout
