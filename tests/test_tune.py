@@ -206,7 +206,8 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
     gpu = torch.cuda.is_available()
     resources = {"CPU": 1, "ots_Slot": 1, **({"GPU": 1} if gpu else {})}
     params = make_params(tmp_path, tiny_dataset, f"sqlite:///{tmp_path}/m.db", num_samples=2, max_steps=4,
-                         storage_path=f"s3://{bucket}/tune", resources_per_trial=resources,
+                         grace_period=4, time_budget_s=900, storage_path=f"s3://{bucket}/tune",
+                         resources_per_trial=resources,
                          space={"solver.lr_map": {"loguniform": [3e-5, 3e-3]}})
     train.local_only()
     ray.shutdown()
@@ -217,7 +218,7 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
     finally:
         ray.shutdown()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [t["status"] for t in results["trials"]] == ["completed", "completed"]
+    assert len(results["trials"]) == 2 and all(t["steps"] and t["status"] != "error" for t in results["trials"])
     assert {t["device"] for t in results["trials"]} == {"cuda" if gpu else "cpu"}
     assert results["ray_storage"] == f"s3://{bucket}/tune/{results['ray_run_name']}"
     keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket=bucket)["Contents"]]
