@@ -195,7 +195,7 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
         return p
 
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while True:  # the job API answers (401 without the token: auth is on)
             assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
             try:
@@ -210,6 +210,18 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
             assert time.monotonic() < deadline, "the job API did not come up"
             time.sleep(1)
         assert code == 401, f"the job API answered {code} without a token (token auth is off?)"
+        auth = {"Authorization": f"Bearer {token.read_text().strip()}"}
+        while True:  # the job module answers with the token (the dashboard loads its modules one by one)
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(urllib.request.Request(f"{address}/api/jobs/", headers=auth),
+                                            timeout=10) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the job API did not answer with the token"
+            time.sleep(1)
 
         runtime_env = readme_runtime_env()
         runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server
@@ -217,7 +229,6 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
         ray_cli("job", "submit", "--no-wait", f"--submission-id={job_id}", "--working-dir", ".",
                 "--runtime-env-json", json.dumps(runtime_env), "--",
                 "python", "-m", "pipelines.train", "--params", "infra/params.job.yaml")
-        auth = {"Authorization": f"Bearer {token.read_text().strip()}"}
         deadline = time.monotonic() + 1500  # generous: on a loaded 2-core machine worker start-up takes minutes
         status = None
         while time.monotonic() < deadline:
