@@ -83,7 +83,7 @@ def test_s3_permission_denied(s3_env, monkeypatch):
 
 # -- credentials that rotate: an S3 server that checks keys, a container-credentials endpoint on loopback ---------
 @pytest.fixture
-def authed_s3(tmp_path, monkeypatch):
+def authed_s3(tmp_path, monkeypatch, request):
     """A moto server in its own process with IAM auth on, an IAM user allowed s3:*, and an ECS-style credential
     endpoint on 127.0.0.1 serving that user's *current* key (what an instance/pod role looks like to the SDKs)."""
     import json
@@ -103,6 +103,7 @@ def authed_s3(tmp_path, monkeypatch):
     log = open(tmp_path / "moto.log", "wb")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    request.addfinalizer(lambda: (stop_process_group(proc), log.close()))  # also when the setup below fails
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(f"{endpoint}/moto-api/", timeout=60, proc=proc)
     req = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"3",
@@ -161,8 +162,6 @@ def authed_s3(tmp_path, monkeypatch):
         yield {"endpoint": endpoint, "rotate": rotate, "current": current}
     finally:
         creds_server.shutdown()
-        stop_process_group(proc)
-        log.close()
 
 
 def test_role_credentials_refresh_mid_run(authed_s3):
