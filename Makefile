@@ -1,19 +1,43 @@
 # Two entry points on a fresh machine: `make demo` and `make test`. Both create/update .venv themselves.
+# requirements.lock pins the versions the tests ran with (`make lock`); the Dockerfile installs it. `make` still
+# installs from pyproject.toml: a fresh install from the lock (~5 GB of torch/CUDA wheels) took > 15 min on the
+# build machine, so it is not yet the default here.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+UV      ?= uv
+IMAGE   ?= ghcr.io/ots-project/ots:0.1.0
+# Extra pins applied while resolving the lock (this build machine caps torch/torchvision to the wheels it has).
+LOCK_CONSTRAINTS ?= $(wildcard /etc/xdg/pip/constraints.txt)
 
-.PHONY: demo test lint install clean photoset cpu-small
+.PHONY: demo test lint install install-locked lock image clean photoset cpu-small
 
 # pip 23 backtracks forever on ray+mlflow+dvc-s3+moto: upgrade pip first.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,export]'
+	touch $(STAMP)
+
+# The tested versions instead of the newest that fit pyproject.toml (what the Dockerfile does).
+install-locked:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve after editing dependencies in pyproject.toml (needs uv: `pip install uv`).
+lock:
+	$(UV) pip compile pyproject.toml --extra dev --extra export --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header $(addprefix -c ,$(LOCK_CONSTRAINTS)) -o requirements.lock
+
+# The project image for the clusters (infra/); needs a Docker daemon.
+image:
+	docker build -t $(IMAGE) .
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

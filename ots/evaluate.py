@@ -302,8 +302,27 @@ def save_grid(path: str | Path, pairs: Sequence[Pair], outputs: Mapping[str, Seq
     return _atomic_write(Path(path), encode_png(grid_image(pairs, outputs, max_images=max_images, crop=crop)))
 
 
+def _numbers(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            sub = _numbers(v)
+            if sub:
+                out[k] = sub
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[k] = v
+    return out
+
+
 def metrics_json(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary (no per-image rows) -- what DVC tracks as metrics."""
+    """Numbers only -- what ``dvc metrics show/diff`` compares: ``n_images``, ``scale``, ``fid_crop`` and
+    ``methods.<method>.<metric>``. Unavailable metrics are left out (their reasons are in ``report.json``)."""
+    return _numbers({k: v for k, v in results.items() if k in ("n_images", "scale", "fid_crop", "methods")})
+
+
+def report_json(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole summary beside the metrics (``report.json``): the numbers, ``null`` for unavailable metrics,
+    their reasons (``unavailable``), per-level SWD, tiling and the checkpoints scored."""
     return {k: v for k, v in results.items() if k != "per_image"}
 
 
@@ -321,11 +340,14 @@ def per_image_csv(results: Mapping[str, Any]) -> str:
 
 def write_report(out_dir: str | Path, pairs: Sequence[Pair], outputs: Mapping[str, Sequence[np.ndarray]],
                  results: Mapping[str, Any], *, grid_images: int = 4, grid_crop: int | None = 256) -> dict[str, Path]:
-    """``metrics.json`` (summary), ``metrics.md``, ``per_image.csv`` (plots) and ``grid.png`` in ``out_dir``."""
+    """``metrics.json`` (numbers only: DVC metrics), ``report.json`` (the rest of the summary), ``metrics.md``,
+    ``per_image.csv`` (DVC plots) and ``grid.png`` in ``out_dir``."""
     out = Path(out_dir)
     files = {
         "metrics": _atomic_write(out / "metrics.json",
                                  (json.dumps(metrics_json(results), indent=2, sort_keys=True) + "\n").encode()),
+        "report": _atomic_write(out / "report.json",
+                                (json.dumps(report_json(results), indent=2, sort_keys=True) + "\n").encode()),
         "table": _atomic_write(out / "metrics.md", markdown_table(results).encode()),
         "per_image": _atomic_write(out / "per_image.csv", per_image_csv(results).encode()),
         "grid": save_grid(out / "grid.png", pairs, outputs, max_images=grid_images, crop=grid_crop),

@@ -6,6 +6,16 @@ lazily. S3 endpoint, region and credentials come from the environment (``AWS_END
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
 ``AWS_DEFAULT_REGION``) or from explicit keyword options; credentials are never logged or stored.
 
+Credentials: keys are handed to pyarrow/boto3 only when the user gave them (``AWS_ACCESS_KEY_ID`` +
+``AWS_SECRET_ACCESS_KEY`` in the environment, or ``access_key``/``secret_key`` options). Otherwise both use the
+AWS default chain themselves (profile, SSO, web identity/IRSA, container and instance roles), which refreshes
+temporary credentials before they expire -- a 100k-step run outlives any one set of role credentials, and
+the filesystem Ray pickles to its workers carries no keys.
+
+Retries: :meth:`Store.check` fails fast (one attempt, short timeouts) so a bad location stops a run at
+start; the data I/O of a store retries ``attempts`` times (default :data:`DEFAULT_ATTEMPTS`; long runs that
+write checkpoints for hours use :data:`LONG_RUN_ATTEMPTS`) with the AWS SDK's standard backoff.
+
 Every failure to use a location is a :class:`ots.errors.StorageError` whose message is one line naming
 the URI and the cause.
 """
@@ -22,7 +32,11 @@ import pyarrow.fs as pafs
 
 from ots.errors import StorageError
 
-__all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri"]
+__all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri", "DEFAULT_ATTEMPTS",
+           "LONG_RUN_ATTEMPTS"]
+
+DEFAULT_ATTEMPTS = 3  # data I/O of short stages
+LONG_RUN_ATTEMPTS = 10  # checkpoint I/O of long runs: ride out throttling and transient endpoint errors
 
 # scheme://user:password@host -> scheme://user:***@host ; scheme://token@host -> scheme://***@host
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@?#:]*)(?P<pw>:[^\s/@?#]*)?@")
@@ -88,7 +102,8 @@ def join_uri(uri: str, *parts: str) -> str:
 
 
 def _s3_settings(options: dict) -> dict:
-    """Resolve endpoint, region and credentials (env / profile / explicit options) through botocore."""
+    """Endpoint, region and the keys the user gave explicitly (options, else the environment's key pair);
+    ``creds`` is None when the AWS default chain is to find (and refresh) them."""
     try:
         import boto3
     except ImportError as e:  # pragma: no cover - boto3 is a declared dependency
@@ -105,18 +120,22 @@ def _s3_settings(options: dict) -> dict:
     creds = None
     if options.get("access_key") and options.get("secret_key"):
         creds = (options["access_key"], options["secret_key"], options.get("session_token"))
-    elif not anonymous:
+    elif options.get("profile") and not anonymous:  # pyarrow cannot select a profile by name: resolve it here
         c = session.get_credentials()
         if c is not None:
             f = c.get_frozen_credentials()
             creds = (f.access_key, f.secret_key, f.token)
-    return {"endpoint": endpoint, "region": region, "creds": creds, "anonymous": anonymous}
+    elif os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        creds = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                 os.environ.get("AWS_SESSION_TOKEN") or None)
+    return {"endpoint": endpoint, "region": region, "creds": creds, "anonymous": anonymous,
+            "profile": options.get("profile") or None}
 
 
 class Store:
     """A storage location. Paths given to the methods are relative to the location (``/``-separated)."""
 
-    def __init__(self, uri: str | os.PathLike, **options):
+    def __init__(self, uri: str | os.PathLike, attempts: int = DEFAULT_ATTEMPTS, **options):
         self.location = parse_uri(uri)
         self.uri = self.location.uri
         self._options = options
@@ -136,14 +155,11 @@ class Store:
                 kw["endpoint_override"] = ep.rstrip("/")
             if s["anonymous"]:
                 kw["anonymous"] = True
-            elif s["creds"] is not None:
+            elif s["creds"] is not None:  # given by the user; else pyarrow's default chain (refreshing)
                 kw["access_key"], kw["secret_key"] = s["creds"][0], s["creds"][1]
                 if s["creds"][2]:
                     kw["session_token"] = s["creds"][2]
-            try:
-                kw["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=2)
-            except AttributeError:  # pragma: no cover - old pyarrow
-                pass
+            kw["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, int(attempts)))
             self.fs = pafs.S3FileSystem(**kw)
             self._root = f"{self.location.bucket}/{self.location.path}".rstrip("/")
 
@@ -176,7 +192,8 @@ class Store:
         elif s["creds"] is not None:
             kw["aws_access_key_id"], kw["aws_secret_access_key"] = s["creds"][0], s["creds"][1]
             kw["aws_session_token"] = s["creds"][2]
-        return boto3.client("s3", **kw)
+        session = boto3.Session(profile_name=s["profile"])
+        return session.client("s3", **kw)  # without keys: the session's (refreshing) default chain
 
     # -- checks -------------------------------------------------------------------------------------
     def check(self, create: bool = False) -> Store:
@@ -194,9 +211,15 @@ class Store:
                     raise StorageError(f"{self.uri}: permission denied (directory is not writable)")
             return self
         if self._s3["creds"] is None and not self._s3["anonymous"]:
-            raise StorageError(
-                f"{self.uri}: missing credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
-            )
+            try:
+                import boto3
+
+                found = boto3.Session(profile_name=self._s3["profile"]).get_credentials()  # nothing is kept
+            except Exception as e:  # noqa: BLE001 - a broken profile / SSO cache / provider: one line
+                raise StorageError(f"{self.uri}: cannot resolve AWS credentials: {_cause(e)}") from e
+            if found is None:
+                raise StorageError(f"{self.uri}: missing credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                   "AWS_PROFILE, or run with an instance/pod role)")
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
         client = self._boto_client()
@@ -331,9 +354,11 @@ def _cause(e: BaseException) -> str:
     return msg[:240] or type(e).__name__
 
 
-def open_store(uri: str | os.PathLike, create: bool = False, check: bool = True, **options) -> Store:
-    """A :class:`Store` for ``uri``; with ``check`` it fails early (one line) if it cannot be used."""
-    store = Store(uri, **options)
+def open_store(uri: str | os.PathLike, create: bool = False, check: bool = True, attempts: int = DEFAULT_ATTEMPTS,
+               **options) -> Store:
+    """A :class:`Store` for ``uri``; with ``check`` it fails early (one line) if it cannot be used. ``attempts``:
+    tries per I/O call after that (:data:`LONG_RUN_ATTEMPTS` for checkpoint storage of long runs)."""
+    store = Store(uri, attempts=attempts, **options)
     if check:
         store.check(create=create)
     return store

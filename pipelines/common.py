@@ -112,6 +112,26 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def ray_storage(path: str) -> tuple[str, Any, str]:
+    """Where Ray Train/Tune keep a run: ``(storage_path, storage_filesystem, uri)`` for ``RunConfig``.
+
+    A local folder (or ``file://``) is made absolute and created (filesystem None: Ray's local default); an
+    ``s3://bucket/prefix`` goes through ``ots.storage`` (endpoint and credentials from the environment, bucket
+    created when missing) and gives ``bucket/prefix`` on that filesystem, never a local ``s3:/`` folder. The
+    filesystem carries no keys unless the user gave them (role credentials refresh on every node) and retries
+    each call ``LONG_RUN_ATTEMPTS`` times.
+    """
+    from ots.storage import LONG_RUN_ATTEMPTS, open_store
+
+    path = str(path)
+    if "://" not in path or path.startswith("file://"):
+        local = str(Path(path.removeprefix("file://")).expanduser().resolve())
+        Path(local).mkdir(parents=True, exist_ok=True)
+        return local, None, local
+    store = open_store(path, create=True, attempts=LONG_RUN_ATTEMPTS)  # checked once now; checkpoint I/O retries
+    return store.full(), store.fs, store.uri
+
+
 def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient
 

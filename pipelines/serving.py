@@ -329,11 +329,12 @@ def _run_model_uri(run_id: str) -> str:
 
     client = mlflow.MlflowClient()
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as e:
         raise CheckpointError(f"no MLflow run {run_id} at {redact_uri(mlflow.get_tracking_uri())}") from e
-    try:
-        models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    try:  # in the run's experiment: without experiment_ids MLflow searches the *active* one only
+        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}'", output_format="list")
     except MlflowException:
         models = []
     models = sorted(models, key=lambda m: m.creation_timestamp or 0, reverse=True)

@@ -165,18 +165,6 @@ def _init_ray() -> None:
                  configure_logging=False, log_to_driver=True)
 
 
-def _storage(path: str):
-    """(storage_path, storage_filesystem) for RunConfig: local folders absolute, s3:// through ots.storage."""
-    from ots.storage import open_store
-
-    if "://" not in path or path.startswith("file://"):
-        local = _abs_local(path.removeprefix("file://"))
-        Path(local).mkdir(parents=True, exist_ok=True)
-        return local, None, local
-    store = open_store(path, create=True)
-    return store.full(), store.fs, store.uri
-
-
 def _worker_error(e: BaseException) -> BaseException | None:
     """The first OTSError in a Ray Train failure (worker exceptions are wrapped)."""
     seen, todo = set(), [e]
@@ -205,7 +193,13 @@ def run(params: dict) -> dict:
 
     from ots.data import open_dataset
     from ots.storage import redact_uri
-    from pipelines.common import get_or_create_experiment, log_params, mlflow_client, resolve_tracking_uri
+    from pipelines.common import (
+        get_or_create_experiment,
+        log_params,
+        mlflow_client,
+        ray_storage,
+        resolve_tracking_uri,
+    )
 
     params = resolve(params)
     train = params["train"]
@@ -213,7 +207,7 @@ def run(params: dict) -> dict:
     open_dataset(train["dataset"], verify=False)  # fail early, on the driver, with one line
     out_dir = Path(train["output_dir"]).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage_path, storage_fs, storage_uri = _storage(train["storage_path"])
+    storage_path, storage_fs, storage_uri = ray_storage(train["storage_path"])
 
     tracking_uri = resolve_tracking_uri(train["mlflow"]["tracking_uri"])
     client = mlflow_client(tracking_uri)
@@ -283,8 +277,10 @@ def run(params: dict) -> dict:
         pafs.copy_files(f"{storage_path.rstrip('/')}/{run_name}/best/{CKPT}", str(out_dir / "best.pt"),
                         source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         best_path = str(out_dir / "best.pt")
-    except (OSError, FileNotFoundError):
+    except (OSError, FileNotFoundError):  # no validated best (e.g. no val pairs): the final map stands for it
         best_remote = None
+        shutil.copyfile(final, out_dir / "best.pt")
+        best_path = str(out_dir / "best.pt")
     client.log_artifact(run_id, str(final), artifact_path="checkpoints")
     summary = {
         "mlflow_run_id": run_id,

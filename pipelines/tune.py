@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def resolve_tune(params: dict) -> tuple[dict, dict, dict]:
     res = tune["resources_per_trial"]
     if not isinstance(res, dict) or not res or not all(isinstance(v, (int, float)) and v >= 0 for v in res.values()):
         raise ConfigError(f"tune.resources_per_trial must be a mapping like {{CPU: 1}}, got {res!r}")
+    trial_resources(res)  # validates the names
     mct = tune["max_concurrent_trials"]
     if mct is not None and (not isinstance(mct, int) or mct < 1):
         raise ConfigError(f"tune.max_concurrent_trials must be null or an integer >= 1, got {mct!r}")
@@ -199,6 +201,24 @@ def resolve_tune(params: dict) -> tuple[dict, dict, dict]:
     base = resolve(base)
     space = _check_space(tune["space"], base)
     return tune, base, space
+
+
+def trial_resources(spec: dict) -> dict:
+    """Ray resource names for one trial: ``cpu``/``gpu``/``memory`` in Ray's spelling, custom names as given
+    (Ray resource names are case-sensitive: ``{node_A: 1}`` only schedules on a node that offers ``node_A``)."""
+    canon = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+    out: dict = {}
+    for k, v in spec.items():
+        name = canon.get(str(k).lower(), str(k))
+        if name in out:
+            raise ConfigError(f"tune.resources_per_trial: {k!r} given twice (as {name!r})")
+        out[name] = float(v)
+    return out
+
+
+def trial_device(resources: dict) -> str:
+    """Where a trial trains: the GPU Tune reserved for it (Ray sets CUDA_VISIBLE_DEVICES to it), else the CPU."""
+    return "cuda" if resources.get("GPU", 0) > 0 else "cpu"
 
 
 def param_space(space: dict) -> dict:
@@ -238,11 +258,15 @@ def trial_fn(config: dict, ctx: dict) -> None:
     from ots.data import CropStream
     from pipelines.worker import solver_cfg
 
+    device = torch.device(ctx["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("tune.resources_per_trial reserves a GPU but the trial sees no CUDA device "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
     overrides = {k: _plain(v) for k, v in config.items()}
     params = apply_overrides(ctx["params"], overrides)
     train, seed, tune = params["train"], int(params["seed"]), ctx["tune"]
     torch.set_num_threads(max(1, int(ctx["threads"])))
-    solver = build_solver(params["model"], solver_cfg(params["solver"]), device="cpu", distributed=False, seed=seed)
+    solver = build_solver(params["model"], solver_cfg(params["solver"]), device=device, distributed=False, seed=seed)
     B, uri = int(train["batch_size"]), train["dataset"]
     lr_stream = CropStream(uri, "lr", crop=train["lr_crop"] + 2 * solver.cfg.margin, batch_size=B, seed=seed)
     hr_stream = CropStream(uri, "hr", crop=train["hr_crop"], batch_size=B, seed=seed)
@@ -267,8 +291,8 @@ def trial_fn(config: dict, ctx: dict) -> None:
         T = solver.map_for_eval
         was = T.training
         T.eval()
-        with torch.no_grad():
-            sr = T(val_lr).float().clamp(-1, 1)
+        with torch.no_grad():  # on the trial's device; the metric on the host
+            sr = T(val_lr.to(device)).float().clamp(-1, 1).cpu()
         T.train(was)
         if metric == "fid":
             from ots.metrics import fid
@@ -285,7 +309,7 @@ def trial_fn(config: dict, ctx: dict) -> None:
         step = solver.step_count
         if step % every and step != max_steps:
             continue
-        report = {"step": step, "elapsed_s": time.perf_counter() - t0}
+        report = {"step": step, "elapsed_s": time.perf_counter() - t0, "device": str(device)}
         try:
             solver.check_finite()
         except NonFiniteLossError as e:
@@ -389,6 +413,7 @@ def _trial_summary(result, metric: str, max_steps: int) -> dict:
         steps = [int(s) for s in rows["step"]]
         hist = [float(v) for v in rows[metric]]
     trial_id = (result.metrics or {}).get("trial_id") or Path(str(result.path)).name
+    device = (result.metrics or {}).get("device")
     status = "error" if result.error else ("completed" if steps and steps[-1] >= max_steps else "stopped_early")
     if result.metrics and "nonfinite" in result.metrics:
         status = "nonfinite"
@@ -396,6 +421,7 @@ def _trial_summary(result, metric: str, max_steps: int) -> dict:
         "trial_id": trial_id,
         "config": {k: _plain(v) for k, v in (result.config or {}).items()},
         "status": status,
+        "device": device,
         "steps": steps,
         "history": hist,
         "last": hist[-1] if hist else None,
@@ -416,7 +442,14 @@ def run(params: dict) -> dict:
 
     from ots.data import open_dataset
     from ots.storage import redact_uri
-    from pipelines.common import flatten, get_or_create_experiment, log_params, mlflow_client, resolve_tracking_uri
+    from pipelines.common import (
+        flatten,
+        get_or_create_experiment,
+        log_params,
+        mlflow_client,
+        ray_storage,
+        resolve_tracking_uri,
+    )
     from pipelines.train import _abs_local, _init_ray
 
     tune, base, space = resolve_tune(params)
@@ -425,8 +458,7 @@ def run(params: dict) -> dict:
     out_file = Path(tune["output"]).resolve()
     out_dir = out_file.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = Path(_abs_local(tune["storage_path"]))
-    storage.mkdir(parents=True, exist_ok=True)
+    storage_path, storage_fs, storage_uri = ray_storage(tune["storage_path"])  # a folder or s3://, never Path()
 
     metric, note = tune["metric"], None
     if metric == "fid":
@@ -453,11 +485,13 @@ def run(params: dict) -> dict:
     space_params = flatten({"space": {k: {n: a} for k, (n, a) in space.items()}})
     log_params(client, parent_id, {"tune": {k.replace("space.", "space/", 1): v for k, v in space_params.items()}})
     print(f"tune: mlflow parent run {parent_id} at {redact_uri(tracking_uri)} (experiment {mlf['experiment']!r}); "
-          f"{tune['num_samples']} trial(s) x {tune['max_steps']} steps, metric {metric}", flush=True)
+          f"{tune['num_samples']} trial(s) x {tune['max_steps']} steps, metric {metric}; "
+          f"trials in {storage_uri}/{name}", flush=True)
 
     _init_ray()
-    res = {str(k).lower(): float(v) for k, v in tune["resources_per_trial"].items()}
-    ctx = {"params": base, "tune": tune, "metric": metric, "threads": res.get("cpu", 1) or 1}
+    res = trial_resources(tune["resources_per_trial"])
+    ctx = {"params": base, "tune": tune, "metric": metric, "threads": res.get("CPU", 1) or 1,
+           "device": trial_device(res)}
     trainable = rt.with_resources(rt.with_parameters(trial_fn, ctx=ctx), res)
     callback = _mlflow_callback(client, exp_id, parent_id, base, metric, tune["max_steps"])
     scheduler = ASHAScheduler(time_attr="step", max_t=tune["max_steps"], grace_period=tune["grace_period"],
@@ -470,7 +504,8 @@ def run(params: dict) -> dict:
             time_budget_s=tune["time_budget_s"], max_concurrent_trials=tune["max_concurrent_trials"],
             search_alg=BasicVariantGenerator(random_state=int(base["seed"])),
         ),
-        run_config=rt.RunConfig(name=name, storage_path=str(storage), callbacks=[callback],
+        run_config=rt.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                callbacks=[callback],
                                 verbose=int(tune["verbose"]), failure_config=rt.FailureConfig(max_failures=0)),
     )
     t0 = time.perf_counter()
@@ -498,6 +533,7 @@ def run(params: dict) -> dict:
     summary = {
         "metric": metric, "mode": "min", "note": note, "mlflow_parent_run_id": parent_id,
         "tracking_uri": redact_uri(tracking_uri), "experiment": mlf["experiment"], "ray_run_name": name,
+        "ray_storage": f"{storage_uri.rstrip('/')}/{name}",
         "space": {k: {n: a} for k, (n, a) in space.items()},
         "best": {"trial_id": best["trial_id"], "value": best["last"], "step": best["steps"][-1],
                  "config": best["config"], "mlflow_run_id": best["mlflow_run_id"]},

@@ -78,11 +78,15 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
     assert "demo/manifest.json" in keys and any(k.startswith("demo/") and k.endswith(".parquet") for k in keys)
     assert any(k.startswith("ray/") and k.endswith("checkpoint.pt") for k in keys)  # checkpoints on S3
     metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    report = json.loads((repo / "outputs/evaluate/report.json").read_text())
     for method in ("bicubic", "ots", "gan"):  # the GAN baseline side by side, same budget
         m = metrics["methods"][method]
         assert all(isinstance(m[k], float) for k in ("psnr", "ssim", "swd"))
-        assert m["lpips"] is None and m["fid"] is None  # no weights here: unavailable, never a number
-    assert {"lpips", "fid"} <= set(metrics["unavailable"])
+        assert "lpips" not in m and "fid" not in m  # no weights here: unavailable, never a number
+        assert report["methods"][method]["lpips"] is None
+    assert {"lpips", "fid"} <= set(report["unavailable"])
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "outputs/evaluate/metrics.json" in json.dumps(shown) and "unavailable" not in json.dumps(shown)
     result = json.loads((repo / "outputs/register/result.json").read_text())
     ots, bic = metrics["methods"]["ots"], metrics["methods"]["bicubic"]
     beats_bicubic = ots["swd"] < bic["swd"] and ots["psnr"] >= bic["psnr"] - 0.5
@@ -91,9 +95,9 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
         assert "bicubic" in result["reason"]
     run_json = json.loads((repo / "outputs/train/run.json").read_text())
     assert run_json["steps"] == 4 and run_json["best_metric"]["name"] == "val_swd"
-    assert metrics["checkpoint"] == run_json["best_checkpoint"]  # evaluated: the selected map, not the last one
+    assert report["checkpoint"] == run_json["best_checkpoint"]  # evaluated: the selected map, not the last one
     gan_run = json.loads((repo / "outputs/train_gan/run.json").read_text())
-    assert gan_run["mlflow_run_id"] != run_json["mlflow_run_id"] and metrics["gan_checkpoint"] == \
+    assert gan_run["mlflow_run_id"] != run_json["mlflow_run_id"] and report["gan_checkpoint"] == \
         gan_run["best_checkpoint"]
 
     # 2) nothing changed: nothing runs

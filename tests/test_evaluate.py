@@ -126,7 +126,18 @@ def test_cli_evaluate_writes_reports(dataset, ckpt, tmp_path, no_weights, capsys
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["methods"]) == {"bicubic", "ots", "gan"} and "per_image" not in m
     assert m["methods"]["ots"] == m["methods"]["gan"]
-    assert m["methods"]["ots"]["lpips"] is None and "lpips" in m["unavailable"]
+    assert "lpips" not in m["methods"]["ots"] and "unavailable" not in m  # DVC metrics: numbers only
+    numbers = []
+
+    def walk(d):
+        for v in d.values():
+            walk(v) if isinstance(v, dict) else numbers.append(v)
+
+    walk(m)
+    assert numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"]["ots"]["lpips"] is None and "lpips" in report["unavailable"]
+    assert report["methods"]["ots"]["psnr"] == m["methods"]["ots"]["psnr"] and "per_image" not in report
     assert (out / "metrics.md").read_text() in capsys.readouterr().out
     csv = (out / "per_image.csv").read_text().splitlines()
     assert csv[0] == "image,bicubic_psnr,bicubic_ssim,ots_psnr,ots_ssim,gan_psnr,gan_ssim" and len(csv) == 3
@@ -158,7 +169,8 @@ def test_evaluate_stage_logs_to_the_training_run(dataset, ckpt, tmp_path, mlflow
                                       "evaluate": {"tile": 16, "overlap": 4, "device": "cpu", "grid_crop": 64}}))
     assert stage.main(["--params", str(params)]) == 0
     out = tmp_path / "outputs/evaluate"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.md", "per_image.csv", "grid.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.json", "metrics.md", "per_image.csv",
+                                               "grid.png"}
     m = json.loads((out / "metrics.json").read_text())
     got = mlflow.MlflowClient().get_run(run.info.run_id)
     assert got.data.metrics["val_psnr"] == pytest.approx(m["methods"]["ots"]["psnr"])

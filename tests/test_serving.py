@@ -232,3 +232,16 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     finally:
         stop_process_group(proc)
         log.close()
+
+
+@pytest.mark.slow
+def test_run_id_resolves_to_its_logged_model_from_another_experiment(checkpoint, mlflow_server, monkeypatch):
+    """A run id names the pyfunc the run logged (a LoggedModel), whatever experiment is active when resolving."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment(f"serving-a-{uuid.uuid4().hex[:8]}")
+    with mlflow.start_run() as run:
+        info = serving.log_pyfunc_model(checkpoint, device="cpu")
+        mlflow.log_artifact(str(checkpoint), artifact_path="checkpoints")  # the fallback would find this one
+    mlflow.set_experiment(f"serving-b-{uuid.uuid4().hex[:8]}")  # resolving from elsewhere
+    assert serving._run_model_uri(run.info.run_id) == f"models:/{info.model_id}"

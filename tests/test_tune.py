@@ -166,3 +166,61 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
         assert child.data.params["solver.k_T"] == str(t["config"]["solver.k_T"])
         assert not any("aws" in k.lower() or "secret" in k.lower() for k in child.data.params)
     assert "tune: best swd=" in capsys.readouterr().out
+
+
+# -- deployment fixes: device, resource names, s3:// storage ---------------------------------------------------
+def test_trial_resources_keep_custom_names():
+    assert tune.trial_resources({"cpu": 2, "GPU": 1, "node_A": 1, "accelerator_type:H100": 0.001}) == {
+        "CPU": 2.0, "GPU": 1.0, "node_A": 1.0, "accelerator_type:H100": 0.001}
+    with pytest.raises(ConfigError, match="given twice"):
+        tune.trial_resources({"cpu": 1, "CPU": 2})
+    assert tune.trial_device({"CPU": 1.0, "GPU": 1.0}) == "cuda"
+    assert tune.trial_device({"CPU": 1.0}) == "cpu"
+
+
+def test_trial_trains_on_the_reserved_gpu(tmp_path, tiny_dataset):
+    """A trial that reserved a GPU uses CUDA: here (no GPU) it must say so, not quietly train on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: test_tune_on_s3_storage_with_custom_resources covers the CUDA path")
+    _, base, _ = tune.resolve_tune(make_params(tmp_path, tiny_dataset, "sqlite:///x.db"))
+    ctx = {"params": base, "tune": {**tune.TUNE_DEFAULTS, "max_steps": 1}, "metric": "swd", "threads": 1,
+           "device": tune.trial_device(tune.trial_resources({"CPU": 1, "GPU": 1}))}
+    with pytest.raises(ConfigError, match="reserves a GPU but the trial sees no CUDA device"):
+        tune.trial_fn({}, ctx)
+
+
+@pytest.mark.slow
+def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env, monkeypatch):
+    """`tune.storage_path: s3://...` lands in the bucket (not in a local `s3:` folder); a case-sensitive custom
+    resource schedules the trials; every trial reports the device it trained on."""
+    import json
+    import uuid
+
+    import ray
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    bucket = f"ots-tune-{uuid.uuid4().hex[:8]}"
+    gpu = torch.cuda.is_available()
+    resources = {"CPU": 1, "ots_Slot": 1, **({"GPU": 1} if gpu else {})}
+    params = make_params(tmp_path, tiny_dataset, f"sqlite:///{tmp_path}/m.db", num_samples=2, max_steps=4,
+                         grace_period=4, time_budget_s=900, storage_path=f"s3://{bucket}/tune",
+                         resources_per_trial=resources,
+                         space={"solver.lr_map": {"loguniform": [3e-5, 3e-3]}})
+    train.local_only()
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, resources={"ots_Slot": 2},
+             include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+    try:
+        assert tune.main(["--params", write(tmp_path, params)]) == 0
+    finally:
+        ray.shutdown()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(results["trials"]) == 2 and all(t["steps"] and t["status"] != "error" for t in results["trials"])
+    assert {t["device"] for t in results["trials"]} == {"cuda" if gpu else "cpu"}
+    assert results["ray_storage"] == f"s3://{bucket}/tune/{results['ray_run_name']}"
+    keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.startswith(f"tune/{results['ray_run_name']}/") for k in keys), keys
+    assert not (tmp_path / "s3:").exists()

@@ -1,0 +1,126 @@
+"""dvc.yaml: stage deps cover every module a stage imports; outputs, metrics and plots are declared once and
+right; DVC marks `train` stale when the tuned params file changes (on a copy of the repo, without running it)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGE_MODULES = {("dvc.yaml", "prepare"): "pipelines.prepare", ("dvc.yaml", "train"): "pipelines.train",
+                 ("dvc.yaml", "train_gan"): "pipelines.baseline",
+                 ("dvc.yaml", "evaluate"): "pipelines.evaluate", ("dvc.yaml", "register"): "pipelines.register",
+                 ("pipelines/optional/dvc.yaml", "tune"): "pipelines.tune"}
+
+
+def _module_file(name: str) -> Path | None:
+    p = ROOT.joinpath(*name.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def import_closure(module: str) -> set[str]:
+    """Repo files (relative paths) a module imports, directly or not, lazy imports included (static)."""
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        f = _module_file(name)
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run their __init__
+        pkg = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+                todo += [mod] + [f"{mod}.{a.name}" for a in node.names]
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+def _stage(dvc_file: str, name: str) -> dict:
+    return yaml.safe_load((ROOT / dvc_file).read_text())["stages"][name]
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+@pytest.mark.parametrize("dvc_file, stage", list(STAGE_MODULES))
+def test_stage_deps_cover_the_modules_it_imports(dvc_file, stage):
+    deps = _paths(_stage(dvc_file, stage)["deps"])
+    missing = [f for f in sorted(import_closure(STAGE_MODULES[dvc_file, stage]))
+               if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)]
+    assert not missing, f"{dvc_file}:{stage} imports {missing} but does not depend on them"
+
+
+def test_outputs_metrics_and_plots_are_declared_once():
+    doc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    train, ev = doc["stages"]["train"], doc["stages"]["evaluate"]
+    assert {"outputs/train/final.pt", "outputs/train/best.pt", "outputs/train/run.json"} <= set(_paths(train["outs"]))
+    assert "configs/train_overrides.yaml" in _paths(train["params"])
+    assert (ROOT / "configs" / "train_overrides.yaml").is_file()
+    assert _paths(ev["metrics"]) == ["outputs/evaluate/metrics.json"]
+    declared = [p for s in doc["stages"].values() for k in ("outs", "plots", "metrics") for p in _paths(s.get(k))]
+    top = _paths(doc.get("plots"))
+    assert top.count("outputs/evaluate/per_image.csv") + declared.count("outputs/evaluate/per_image.csv") == 2
+    assert "outputs/evaluate/per_image.csv" not in _paths(ev.get("plots"))  # rendered by the top-level entry
+    assert "outputs/evaluate/grid.png" in top
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{' '.join(args)}: {p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+    return p.stdout
+
+
+def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
+    repo = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.email=ci@ots", "-c", "user.name=ci", "commit", "-qm", "copy"]):
+        subprocess.run(args, cwd=repo, check=True, capture_output=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["overrides"] = "configs/train_overrides.yaml"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # stand-ins for the stage outputs, recorded in dvc.lock without running anything
+    for f, data in {"data/manifest.json": "{}", "outputs/train/final.pt": "f", "outputs/train/best.pt": "b",
+                    "outputs/train/run.json": "{}", "outputs/evaluate/metrics.json": '{"methods": {}}',
+                    "outputs/evaluate/report.json": "{}", "outputs/evaluate/metrics.md": "",
+                    "outputs/evaluate/per_image.csv": "image,bicubic_psnr,ots_psnr\na,1,2\n",
+                    "outputs/evaluate/grid.png": "png"}.items():
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text(data)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    _run(["dvc", "commit", "-f", "-q", "prepare", "train", "evaluate"], repo)
+    assert json.loads(_run(["dvc", "status", "--json", "train"], repo)) == {}
+
+    (repo / "configs" / "train_overrides.yaml").write_text(yaml.safe_dump({"solver": {"lr_map": 3e-4}}))
+    status = json.loads(_run(["dvc", "status", "--json", "prepare", "train"], repo))
+    assert set(status) == {"train"}
+    assert {"configs/train_overrides.yaml": {"solver": "new"}} in [c.get("changed deps") for c in status["train"]]
+
+    # per_image.csv is one plot (with its x/y), not two
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
+    per_image = [k for k in shown if "per_image.csv" in k]
+    assert per_image == ["outputs/evaluate/per_image.csv"] and len(shown[per_image[0]]) == 1
+    assert shown["outputs/evaluate/grid.png"][0]["type"] == "image"
