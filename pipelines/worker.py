@@ -298,9 +298,8 @@ class Tracker:
 
     def log(self, step: int, target: int, metrics: dict) -> None:
         if self.w.train["progress"]:
-            print(f"train: step {step}/{target} loss_map={metrics['loss_map']:.4f} "
-                  f"loss_potential={metrics['loss_potential']:.4f} cost={metrics['cost']:.4f} "
-                  f"crops/s={metrics['crops_per_s']:.1f}", flush=True)
+            losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss_") or k == "cost")
+            print(f"train: step {step}/{target} {losses} crops/s={metrics['crops_per_s']:.1f}", flush=True)
         if step <= self.last_logged and step in self.logged:  # replayed after a restart: compare, don't re-log
             diff = abs(metrics["loss_map"] - self.logged[step])
             self.replay_diff = max(self.replay_diff, diff)
