@@ -104,19 +104,20 @@ def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # stand-ins for the stage outputs, recorded in dvc.lock without running anything
     for f, data in {"data/manifest.json": "{}", "outputs/train/final.pt": "f", "outputs/train/best.pt": "b",
-                    "outputs/train/run.json": "{}", "outputs/evaluate/metrics.json": '{"methods": {}}',
+                    "outputs/train/run.json": "{}", "outputs/train_gan/final.pt": "gf",
+                    "outputs/train_gan/best.pt": "gb", "outputs/train_gan/run.json": "{}", "outputs/evaluate/metrics.json": '{"methods": {}}',
                     "outputs/evaluate/report.json": "{}", "outputs/evaluate/metrics.md": "",
-                    "outputs/evaluate/per_image.csv": "image,bicubic_psnr,ots_psnr\na,1,2\n",
+                    "outputs/evaluate/per_image.csv": "image,bicubic_psnr,ots_psnr,gan_psnr\na,1,2,3\n",
                     "outputs/evaluate/grid.png": "png"}.items():
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         (repo / f).write_text(data)
     (repo / "dvc.lock").unlink(missing_ok=True)
-    _run(["dvc", "commit", "-f", "-q", "prepare", "train", "evaluate"], repo)
+    _run(["dvc", "commit", "-f", "-q", "prepare", "train", "train_gan", "evaluate"], repo)
     assert json.loads(_run(["dvc", "status", "--json", "train"], repo)) == {}
 
     (repo / "configs" / "train_overrides.yaml").write_text(yaml.safe_dump({"solver": {"lr_map": 3e-4}}))
-    status = json.loads(_run(["dvc", "status", "--json", "prepare", "train"], repo))
-    assert set(status) == {"train"}
+    status = json.loads(_run(["dvc", "status", "--json", "prepare", "train", "train_gan"], repo))
+    assert set(status) == {"train", "train_gan"}  # the tuned params reach the baseline too (same budget)
     assert {"configs/train_overrides.yaml": {"solver": "new"}} in [c.get("changed deps") for c in status["train"]]
 
     # per_image.csv is one plot (with its x/y), not two
