@@ -105,7 +105,8 @@ def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
     # stand-ins for the stage outputs, recorded in dvc.lock without running anything
     for f, data in {"data/manifest.json": "{}", "outputs/train/final.pt": "f", "outputs/train/best.pt": "b",
                     "outputs/train/run.json": "{}", "outputs/train_gan/final.pt": "gf",
-                    "outputs/train_gan/best.pt": "gb", "outputs/train_gan/run.json": "{}", "outputs/evaluate/metrics.json": '{"methods": {}}',
+                    "outputs/train_gan/best.pt": "gb", "outputs/train_gan/run.json": "{}",
+                    "outputs/evaluate/metrics.json": '{"methods": {}}',
                     "outputs/evaluate/report.json": "{}", "outputs/evaluate/metrics.md": "",
                     "outputs/evaluate/per_image.csv": "image,bicubic_psnr,ots_psnr,gan_psnr\na,1,2,3\n",
                     "outputs/evaluate/grid.png": "png"}.items():
