@@ -39,9 +39,10 @@ def build_parser(verb: str | None = None, full: bool = True) -> argparse.Argumen
     )
     parser.add_argument("--version", action="version", version=f"ots {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = {m for n, (m, _) in COMMANDS.items() if full or n == verb}  # a module may register several verbs
     done: set[str] = set()
     for name, (module, help_) in COMMANDS.items():
-        if full or name == verb:
+        if module in wanted:
             if module not in done:
                 importlib.import_module(module).add_commands(sub)
                 done.add(module)
