@@ -23,7 +23,7 @@ COMMANDS = {
     "evaluate": ("ots.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
     "fit": ("ots.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
     "curves": ("ots.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),
-    "export": ("ots.export", "export a trained map to ONNX (dynamic size), verified against eager inference"),
+    "export": ("ots.export", "export a trained map to ONNX (dynamic size), verified against PyTorch"),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
