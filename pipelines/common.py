@@ -132,9 +132,18 @@ def ray_storage(path: str) -> tuple[str, Any, str]:
     return store.full(), store.fs, store.uri
 
 
+def no_credential_links(tracking_uri: str) -> None:
+    """MLflow prints "View run at <tracking URI>" links when runs end: never with a password in them."""
+    from ots.storage import redact_uri
+
+    if redact_uri(tracking_uri) != tracking_uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient
 
+    no_credential_links(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
 

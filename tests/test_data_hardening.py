@@ -131,7 +131,7 @@ def test_cli_bomb_with_skip_invalid_no_traceback(aim19_dir, tmp_path, capsys):
 
 
 def test_shard_limit_holds_within_one_huge_image(aim19_dir, tmp_path):
-    from tests.conftest import TINY, write_png
+    from conftest import TINY, write_png
 
     write_png(aim19_dir / "train_clean" / "0001.png", 600, 500, 9)  # 36 tiles of 96x96 = ~1 MB raw
     cfg = ShardConfig(**TINY, shard_bytes=100_000)

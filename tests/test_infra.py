@@ -25,7 +25,8 @@ DISTS = {"torch": "torch", "torchvision": "torchvision", "lpips": "lpips", "pyar
          "scipy": "scipy", "skimage": "scikit-image", "PIL": "pillow", "pandas": "pandas", "matplotlib": "matplotlib",
          "tqdm": "tqdm", "yaml": "pyyaml", "ray": "ray", "mlflow": "mlflow", "dvc": "dvc", "boto3": "boto3",
          "botocore": "boto3", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript",
-         "pytest": "pytest", "moto": "moto", "psutil": "psutil", "packaging": "pytest"}
+         "pytest": "pytest", "moto": "moto", "psutil": "psutil", "packaging": "pytest",
+         "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn"}
 
 
 def _requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
@@ -77,7 +78,8 @@ def test_direct_imports_are_declared():
     declared = {r.name.lower() for r in _requirements(("dev", "export"))}
     code = _top_level_imports([*ROOT.glob("ots/**/*.py"), *ROOT.glob("pipelines/**/*.py")])
     tests = _top_level_imports(ROOT.glob("tests/*.py"))
-    stdlib = set(sys.stdlib_module_names) | {"ots", "pipelines", "conftest", "test_serving", "__future__"}
+    stdlib = set(sys.stdlib_module_names) | {"ots", "pipelines", "conftest", "test_serving", "test_data_hardening",
+                                             "__future__"}
     for name in sorted((code | tests) - stdlib):
         assert name in DISTS, f"{name} is imported but not mapped to a distribution in this test"
         assert DISTS[name] in declared, f"{name} ({DISTS[name]}) is imported but not declared in pyproject.toml"

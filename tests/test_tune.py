@@ -60,7 +60,7 @@ def test_repo_params_and_dvc_stage():
     t, base, space = tune.resolve_tune(params)
     searched = {"solver.lr_map", "solver.lr_potential", "solver.k_T", "solver.anchor_every", "train.batch_size"}
     assert searched <= set(space)
-    assert params["train"]["overrides"] is None
+    assert params["train"]["overrides"] == "configs/train_overrides.yaml"  # where a tune result is copied to
     stage = yaml.safe_load((root / "pipelines" / "optional" / "dvc.yaml").read_text())["stages"]["tune"]
     assert stage["cmd"] == "python -m pipelines.tune --params params.yaml" and stage["wdir"] == "../.."
     assert {"tune", "solver", "model", "seed"} <= set(stage["params"])

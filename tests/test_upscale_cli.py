@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_data_hardening import bomb_png
 from torch import nn
 
 import ots.infer as infer
 from ots.cli import COMMANDS, build_parser, main
 from ots.infer import estimate_memory, read_image, write_image
-from tests.test_data_hardening import bomb_png
 
 REPO = Path(__file__).resolve().parent.parent
 
