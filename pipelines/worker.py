@@ -256,8 +256,10 @@ class Tracker:
 
         from ots.data import CropStream
         from ots.fit import Validation
+        from pipelines.common import no_credential_links
 
         self.w, train = worker, worker.train
+        no_credential_links(worker.config["tracking_uri"])
         self.client = MlflowClient(tracking_uri=worker.config["tracking_uri"])
         self.logged, self.last_logged, self.replay_diff = {}, 0, 0.0
         if worker.resumed_from:

@@ -286,6 +286,7 @@ def test_registered_model_is_code_not_a_pickle(tmp_path, monkeypatch):
 
     ckpt = make_checkpoint(tmp_path / "map.pt")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
+    mlflow.set_experiment("registered-model-code")  # not the active experiment id another test left behind
     try:
         with mlflow.start_run():
             info = serving.log_pyfunc_model(ckpt, tile=16, overlap=4, max_pixels=48 * 48, device="cpu")
