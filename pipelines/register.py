@@ -30,6 +30,7 @@ DEFAULTS = {
     "metric": "val_swd",             # the unpaired distribution metric the map was selected by
     "greater_is_better": False,
     "floor": "bicubic",              # the map must beat this method on `metric` (null: no floor)
+    "floor_margin": 0.01,            # ... by at least this fraction of its value (a tie with bicubic is no gain)
     "psnr_tolerance_db": 0.5,        # ... while its val PSNR is at most this far below the floor's (null: no check)
     "metrics_file": "outputs/evaluate/metrics.json",
     "run_info": "outputs/train/run.json",
@@ -76,16 +77,18 @@ def decide(new: float | None, current: float | None, *, has_champion: bool, metr
 
 
 def below_floor(metrics: dict[str, float], metric: str, greater_is_better: bool, floor: str | None,
-                psnr_tolerance_db: float | None) -> str | None:
-    """Why this map is not better than the floor method (bicubic), or None when it is."""
+                psnr_tolerance_db: float | None, margin: float = 0.0) -> str | None:
+    """Why this map is not better than the floor method (bicubic) by ``margin`` (relative), or None when it is."""
     if not floor:
         return None
     name = metric.removeprefix("val_")
     new, base = _number(metrics.get(metric)), _number(metrics.get(f"val_{floor}_{name}"))
     if new is None or base is None:
         return f"not promoted: {metric} or {floor}'s val_{floor}_{name} is missing, so the {floor} floor is unchecked"
-    if not (new > base if greater_is_better else new < base):
-        return f"not promoted: {metric}={new:.6g} is not better than {floor} ({base:.6g}); {floor} is the floor"
+    need = abs(base) * float(margin or 0.0)
+    if not (new > base + need if greater_is_better else new < base - need):
+        by = f" by {100 * float(margin):g}%" if margin else ""
+        return f"not promoted: {metric}={new:.6g} is not better than {floor} ({base:.6g}){by}; {floor} is the floor"
     if psnr_tolerance_db is not None:
         p, pb = _number(metrics.get("val_psnr")), _number(metrics.get(f"val_{floor}_psnr"))
         if p is not None and pb is not None and p < pb - float(psnr_tolerance_db):
@@ -113,7 +116,8 @@ def _champion(client, name: str, alias: str, metric: str):
 
 def register_version(model_uri: str, model_name: str, metrics: dict[str, float], *, run_id: str | None = None,
                      metric: str = "val_swd", greater_is_better: bool = False, alias: str = "champion",
-                     floor: str | None = "bicubic", psnr_tolerance_db: float | None = 0.5) -> dict:
+                     floor: str | None = "bicubic", psnr_tolerance_db: float | None = 0.5,
+                     floor_margin: float = 0.01) -> dict:
     """Register ``model_uri`` as a new version of ``model_name`` and gate the alias (global tracking URI)."""
     import mlflow
 
@@ -126,7 +130,7 @@ def register_version(model_uri: str, model_name: str, metrics: dict[str, float],
     champ, champ_value = _champion(client, model_name, alias, metric)
     if champ is not None and str(champ.version) == version:  # cannot happen for a fresh version; be safe
         champ, champ_value = None, None
-    floor_reason = below_floor(metrics, metric, greater_is_better, floor, psnr_tolerance_db)
+    floor_reason = below_floor(metrics, metric, greater_is_better, floor, psnr_tolerance_db, floor_margin)
     if floor_reason:
         move, reason = False, floor_reason
     else:
@@ -188,7 +192,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     result = register_version(model_info.model_uri, str(reg["model_name"]), metrics, run_id=run_id,
                               metric=str(reg["metric"]), greater_is_better=bool(reg["greater_is_better"]),
                               alias=str(reg["alias"]), floor=reg["floor"],
-                              psnr_tolerance_db=reg["psnr_tolerance_db"])
+                              psnr_tolerance_db=reg["psnr_tolerance_db"], floor_margin=float(reg["floor_margin"]))
     result["checkpoint"] = str(ckpt)
     out = Path(reg["out"])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
     assert "outputs/evaluate/metrics.json" in json.dumps(shown) and "unavailable" not in json.dumps(shown)
     result = json.loads((repo / "outputs/register/result.json").read_text())
     ots, bic = metrics["methods"]["ots"], metrics["methods"]["bicubic"]
-    beats_bicubic = ots["swd"] < bic["swd"] and ots["psnr"] >= bic["psnr"] - 0.5
+    beats_bicubic = ots["swd"] < 0.99 * bic["swd"] and ots["psnr"] >= bic["psnr"] - 0.5  # the floor + margin
     assert result["alias"] == "champion" and result["alias_moved"] is beats_bicubic  # bicubic is the floor
     if not beats_bicubic:
         assert "bicubic" in result["reason"]

@@ -33,6 +33,9 @@ def test_bicubic_floor_rules():
     f = register.below_floor
     good = {"val_swd": 8.0, "val_bicubic_swd": 10.0, "val_psnr": 18.7, "val_bicubic_psnr": 19.0}
     assert f(good, "val_swd", False, "bicubic", 0.5) is None
+    assert f(good, "val_swd", False, "bicubic", 0.5, margin=0.1) is None  # 8 < 10 - 1
+    tie = {**good, "val_swd": 9.95}  # better by 0.5 %: a tie for the gate
+    assert "is not better than bicubic (10) by 1%" in f(tie, "val_swd", False, "bicubic", 0.5, margin=0.01)
     assert "not better than bicubic" in f({**good, "val_swd": 10.0}, "val_swd", False, "bicubic", 0.5)
     assert "more than 0.5 dB below bicubic" in f({**good, "val_psnr": 18.4}, "val_swd", False, "bicubic", 0.5)
     assert f({**good, "val_psnr": 18.4}, "val_swd", False, "bicubic", None) is None
