@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_repo(dst: Path, git: bool = True) -> Path:
+    """The repo's tracked and untracked-but-not-ignored files copied to ``dst`` (no venv, data or outputs), as a
+    fresh git repo with one commit when ``git`` (what DVC and `ray job submit` see on a clean checkout)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    if git:
+        for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                     ["git", "-c", "user.email=ci@ots", "-c", "user.name=ci", "commit", "-qm", "copy"]):
+            subprocess.run(args, cwd=dst, check=True, capture_output=True)
+    return dst
 
 
 def write_png(path: Path, h: int, w: int, seed: int = 0) -> Path:

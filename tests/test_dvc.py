@@ -6,13 +6,13 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -89,16 +89,7 @@ def _run(args, cwd):
 
 
 def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
-    repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
-    for args in (["git", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "-c", "user.email=ci@ots", "-c", "user.name=ci", "commit", "-qm", "copy"]):
-        subprocess.run(args, cwd=repo, check=True, capture_output=True)
+    repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["overrides"] = "configs/train_overrides.yaml"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,21 +28,6 @@ def run(args, cwd, check=True):
         cmd = " ".join(map(str, args))
         raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
-
-
-def copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    # DVC needs its config; `git ls-files -co` lists .dvc/config and .dvcignore when present.
-    assert (dst / ".dvc" / "config").is_file()
-    for args in (["git", "init", "-q"], ["git", "add", "-A"],
-                 ["git", "-c", "user.email=ci@ots", "-c", "user.name=ci", "commit", "-qm", "copy"]):
-        subprocess.run(args, cwd=dst, check=True, capture_output=True)
 
 
 def tiny_params(repo: Path) -> dict:
@@ -68,6 +54,7 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
     s3.create_bucket(Bucket=BUCKET)
     repo = tmp_path / "repo"
     copy_repo(repo)
+    assert (repo / ".dvc" / "config").is_file()  # `git ls-files -co` lists .dvc/config: DVC needs it
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(repo), sort_keys=False))
 
     # 1) the whole pipeline: prepare -> train, train_gan -> evaluate -> register

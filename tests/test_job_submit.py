@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, make_aim19, stop_process_group
+from conftest import TINY, copy_repo, make_aim19, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,15 +93,6 @@ def _free_range(size: int) -> int:
     raise RuntimeError("no free port range")
 
 
-def _copy_repo(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-
-
 def _session_pids(leader: int) -> set[int]:
     import psutil
 
@@ -144,7 +135,7 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
 
     # the repo as a user has it: code + local state that must stay local
     repo = tmp_path / "repo"
-    _copy_repo(repo)
+    copy_repo(repo, git=False)
     for junk in (".venv/bin/python", "data/big.bin", "outputs/ray/old.bin", "mlruns/0/x"):
         (repo / junk).parent.mkdir(parents=True, exist_ok=True)
         (repo / junk).write_bytes(b"x" * 1024)
