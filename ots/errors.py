@@ -1,4 +1,4 @@
-"""One exception family, so every door can turn bad input into a one-line message."""
+"""One exception family, so every door can turn bad input into a one-line message (`one_line`)."""
 
 
 class OTSError(Exception):
@@ -31,3 +31,12 @@ class DataError(OTSError, ValueError):
 
 class InferenceError(OTSError):
     """Inference input/output problems: missing or unreadable images, unwritable outputs, bad model output."""
+
+
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The message every door prints for ``error``: one line (whitespace collapsed), credentials in URIs
+    masked, optionally cut at ``limit`` characters. Used as ``print(f"{door}: error: {one_line(e)}")``."""
+    from ots.storage import redact_uri  # storage imports this module: import at call time
+
+    text = redact_uri(" ".join(str(error).split()))
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
