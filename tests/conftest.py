@@ -13,6 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Never reach the internet for backbone weights (tests inject random backbones); the download path has its own
+# test against a server on 127.0.0.1 that switches this off.
+os.environ["OTS_OFFLINE"] = "1"
+
 
 def copy_repo(dst: Path, git: bool = True) -> Path:
     """The repo's tracked and untracked-but-not-ignored files copied to ``dst`` (no venv, data or outputs), as a
