@@ -269,3 +269,16 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
     keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket=bucket)["Contents"]]
     assert any(k.startswith(f"tune/{results['ray_run_name']}/") for k in keys), keys
     assert not (tmp_path / "s3:").exists()
+
+
+def test_trial_errors_become_the_exception_line():
+    """A trial's remote traceback is reported by its exception line (credentials in URIs masked)."""
+    from pipelines.tune_report import error_line
+
+    remote = ("Failure # 1 (occurred at 2026-11-26_19-00-00)\nTraceback (most recent call last):\n"
+              '  File "x.py", line 1, in f\n    raise ConfigError(msg)\n'
+              "ots.errors.ConfigError: tune.resources_per_trial reserves a GPU but the trial sees no CUDA device\n")
+    assert error_line(remote) == ("ots.errors.ConfigError: tune.resources_per_trial reserves a GPU but the trial "
+                                  "sees no CUDA device")
+    assert error_line(RuntimeError("s3://key:secret@host/bucket unreachable")) == "s3://key:***@host/bucket unreachable"
+    assert len(error_line("x" * 1000)) == 300
