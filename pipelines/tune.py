@@ -83,8 +83,8 @@ def run(params: dict) -> dict:
     from pipelines.tune_report import MLflowChildren, error_line, record_best, trial_summary, write_outputs
     from pipelines.tune_trial import TrialContext, run_trial
 
-    try:  # merge note: pipelines.train exposes init_ray (train helper); drop this fallback then
-        from pipelines.train import init_ray
+    try:  # the public name on the train helper's branch; the fallback goes when that branch is merged
+        from pipelines.raywire import init_ray
     except ImportError:
         from pipelines.train import _init_ray as init_ray
 
