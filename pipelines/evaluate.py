@@ -9,7 +9,9 @@ the last one -- and the GAN baseline's from ``evaluate.gan_checkpoint`` or the b
 metrics), ``metrics.md``, ``per_image.csv`` (DVC plots: per-image PSNR/SSIM) and ``grid.png``, and logs the
 metrics (``val_psnr``, ``val_ssim``, ``val_swd``, ``val_lpips``/``val_fid`` when their weights exist,
 ``val_bicubic_*``, ``val_gan_*``) and those files to the training run in MLflow. Unavailable metrics are null
-in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``.
+in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``. A progress
+bar (stderr) follows the upscaling (``evaluate.progress``, default on). The run.json and metric-name handling it
+shares with ``register`` is :mod:`pipelines.run_record`.
 """
 
 from __future__ import annotations
