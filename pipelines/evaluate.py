@@ -9,18 +9,19 @@ the last one -- and the GAN baseline's from ``evaluate.gan_checkpoint`` or the b
 metrics), ``metrics.md``, ``per_image.csv`` (DVC plots: per-image PSNR/SSIM) and ``grid.png``, and logs the
 metrics (``val_psnr``, ``val_ssim``, ``val_swd``, ``val_lpips``/``val_fid`` when their weights exist,
 ``val_bicubic_*``, ``val_gan_*``) and those files to the training run in MLflow. Unavailable metrics are null
-in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``.
+in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``. A progress
+bar (stderr) follows the upscaling (``evaluate.progress``, default on). The run.json and metric-name handling it
+shares with ``register`` is :mod:`pipelines.run_record`.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import inspect
 import sys
 from pathlib import Path
-from typing import Any
 
 from pipelines.common import section, stage_main
+from pipelines.run_record import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
 
 DEFAULTS = {
     "run_info": "outputs/train/run.json",
@@ -42,62 +43,8 @@ DEFAULTS = {
     "grid_images": 4,
     "grid_crop": 256,
     "mlflow": True,
+    "progress": True,         # a progress bar (stderr) while the maps upscale the val images
 }
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-METRIC_PREFIX = "val_"
-
-
-# ----------------------------------------------------------------------------------------------------- params
-
-
-def read_run_info(path: str | Path, required: bool = True) -> dict:
-    """The training stage's run.json ({} when absent and not required)."""
-    from ots.errors import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        if required:
-            raise ConfigError(f"{p} not found: run the train stage first (or set the checkpoint explicitly)")
-        return {}
-    try:
-        info = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{p}: not a readable run.json ({e})") from e
-    if not isinstance(info, dict):
-        raise ConfigError(f"{p}: run.json must be a JSON object")
-    return info
-
-
-def selected_checkpoint(info: dict) -> str:
-    """The map a training run stands for: its best checkpoint (val SWD), else its final one ('' if none)."""
-    return str(info.get("best_checkpoint") or info.get("final_checkpoint") or "")
-
-
-def tracking_uri(doc: dict, run_info: dict) -> str:
-    """$MLFLOW_TRACKING_URI > run.json's tracking_uri > params train.mlflow.tracking_uri > sqlite:///mlflow.db."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    if run_info.get("tracking_uri") and "***" not in str(run_info["tracking_uri"]):  # a redacted URI can't connect
-        return str(run_info["tracking_uri"])
-    train = doc.get("train") or {}
-    ml = train.get("mlflow") if isinstance(train, dict) else None
-    if isinstance(ml, dict) and ml.get("tracking_uri"):
-        return str(ml["tracking_uri"])
-    return DEFAULT_TRACKING_URI
-
-
-def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """``val_<metric>`` for the OTS map, ``val_<method>_<metric>`` for the others; unavailable metrics left out."""
-    from ots.evaluate import METRICS
-
-    out = {}
-    for method, vals in results.get("methods", {}).items():
-        prefix = METRIC_PREFIX if method == "ots" else f"{METRIC_PREFIX}{method}_"
-        for m in METRICS:
-            if vals.get(m) is not None:
-                out[f"{prefix}{m}"] = float(vals[m])
-    return out
 
 
 # -------------------------------------------------------------------------------------------------------- run
@@ -134,8 +81,9 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     if gan_ckpt:
         maps["gan"] = load_any(str(gan_ckpt), device)
     tile = int(p["tile"]) or None
+    shown = {"progress": bool(p["progress"])} if "progress" in inspect.signature(upscale_pairs).parameters else {}
     outputs = upscale_pairs(pairs, maps, tile=tile, overlap=int(p["overlap"]), device=device,
-                            precision=p["precision"])
+                            precision=p["precision"], **shown)  # merge note: pass progress= once ots has it
     results = score_outputs(pairs, outputs, lpips_weights=p["lpips_weights"], lpips_net=p["lpips_net"],
                             inception_weights=p["inception_weights"], device=device, fid_crop=int(p["fid_crop"]),
                             crop_border=int(p["crop_border"]), y_channel=bool(p["test_y_channel"]),

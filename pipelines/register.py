@@ -10,19 +10,23 @@ moves the alias ``register.alias`` (``champion``) to it only when (1) it beats *
 (``greater_is_better``). Ties, a missing metric on the new version, and a champion without that metric keep the
 old champion. The decision and its reason go to the version's description and to tags
 ``champion.decision`` / ``champion.reason`` / ``champion.previous``; ``register.out`` (``result.json``) records
-them for DVC.
+them for DVC. The evaluation metrics are also logged against the new logged model (``model_id``), so MLflow
+shows them on the model's page and a champion's metrics can be read from its model.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ots.atomic import write_text
+from ots.errors import one_line
 from pipelines.common import section, stage_main
-from pipelines.evaluate import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
+from pipelines.run_record import read_metrics, read_run_info, selected_checkpoint, tracking_uri
 
 DEFAULTS = {
     "model_name": "ots-sr",
@@ -98,7 +102,8 @@ def below_floor(metrics: dict[str, float], metric: str, greater_is_better: bool,
 
 
 def _champion(client, name: str, alias: str, metric: str):
-    """(version or None, its metric or None): from its ``metric.<name>`` tag, else its run's metrics."""
+    """(version or None, its metric or None): from its ``metric.<name>`` tag, else its logged model's metrics,
+    else its run's metrics."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -106,6 +111,11 @@ def _champion(client, name: str, alias: str, metric: str):
     except MlflowException:
         return None, None
     value = _number((mv.tags or {}).get(METRIC_TAG + metric))
+    if value is None and getattr(mv, "model_id", None):
+        try:
+            value = _number({m.key: m.value for m in client.get_logged_model(mv.model_id).metrics or []}.get(metric))
+        except MlflowException:
+            value = None
     if value is None and mv.run_id:
         try:
             value = _number(client.get_run(mv.run_id).data.metrics.get(metric))
@@ -154,23 +164,48 @@ def _metrics(reg: dict, run_id: str) -> dict[str, float]:
     """Evaluation metrics: the evaluate stage's metrics.json, else the run's ``val_*`` metrics."""
     import mlflow
 
-    from ots.errors import ConfigError
+    from pipelines.run_record import METRIC_PREFIX
 
-    f = Path(reg["metrics_file"]) if reg["metrics_file"] else None
-    if f is not None and f.is_file():
-        try:
-            return flat_metrics(json.loads(f.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{f}: unreadable metrics ({e})") from e
+    if reg["metrics_file"] and Path(reg["metrics_file"]).is_file():
+        return read_metrics(reg["metrics_file"])
     run = mlflow.MlflowClient().get_run(run_id)
-    return {k: v for k, v in run.data.metrics.items() if k.startswith("val_")}
+    return {k: v for k, v in run.data.metrics.items() if k.startswith(METRIC_PREFIX)}
+
+
+TYPE_HINT_ADVICE = "Add type hints to the `predict` method"  # MLflow's UserWarning for a hint-less predict
+
+
+@contextmanager
+def _without_type_hint_advice():
+    """Drop exactly MLflow's type-hint advice; every other warning is shown. (A ``filterwarnings`` entry cannot
+    do it: MLflow emits it under its own ``simplefilter("once")``.) The real fix is a ``pd.DataFrame`` hint on
+    the pyfunc's ``predict`` (pipelines/serving), after which this is a no-op."""
+    with warnings.catch_warnings():  # restores showwarning on exit
+        show = warnings.showwarning
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            if not (issubclass(category, UserWarning) and TYPE_HINT_ADVICE in str(message)):
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+        yield
+
+
+def log_served_model(ckpt: str, run_id: str, serve: dict):
+    """The serving pyfunc logged into the training run (mlflow's ModelInfo), models-from-code (no cloudpickle)."""
+    with _without_type_hint_advice():  # printed when the pyfunc class is defined: at import
+        from pipelines.serving import log_pyfunc_model
+
+        return log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]),
+                                overlap=int(serve["overlap"]), max_pixels=int(serve["max_pixels"]),
+                                max_bytes=int(serve["max_bytes"]), device=serve["device"],
+                                precision=serve["precision"])
 
 
 def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     import mlflow
 
     from ots.errors import ConfigError
-    from pipelines.serving import log_pyfunc_model
 
     reg = section(doc, "register", DEFAULTS, params_path)
     serve = section(doc, "serve", SERVE_DEFAULTS, params_path)
@@ -183,22 +218,18 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     try:
         mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException as e:
-        raise ConfigError(f"MLflow run {run_id} not found at the tracking server") from e
+        raise ConfigError(f"MLflow run {run_id} not found at the tracking server ({one_line(e, 200)})") from e
     metrics = _metrics(reg, run_id)
-    model_info = log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]),
-                                  overlap=int(serve["overlap"]), max_pixels=int(serve["max_pixels"]),
-                                  max_bytes=int(serve["max_bytes"]), device=serve["device"],
-                                  precision=serve["precision"])
+    model_info = log_served_model(str(ckpt), run_id, serve)
+    # MLflow 3: the evaluation belongs to the logged model (its page, search_logged_models) as well as the run
+    mlflow.log_metrics(metrics, step=int(info.get("steps") or 0), run_id=run_id, model_id=model_info.model_id)
     result = register_version(model_info.model_uri, str(reg["model_name"]), metrics, run_id=run_id,
                               metric=str(reg["metric"]), greater_is_better=bool(reg["greater_is_better"]),
                               alias=str(reg["alias"]), floor=reg["floor"],
                               psnr_tolerance_db=reg["psnr_tolerance_db"], floor_margin=float(reg["floor_margin"]))
     result["checkpoint"] = str(ckpt)
-    out = Path(reg["out"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    result["model_id"] = model_info.model_id
+    write_text(reg["out"], json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(f"register: {result['model_name']} v{result['version']}: {result['reason']}")
     return result
 

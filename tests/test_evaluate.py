@@ -221,3 +221,25 @@ def test_cli_y_channel_and_crop_border(dataset, ckpt, tmp_path, no_weights, pair
     assert abs(y["methods"]["bicubic"]["psnr"] - rgb["psnr"]) > 0.05
     assert "Y channel, 4 border px" in (out_y / "metrics.md").read_text()
     assert ots_main(base + ["--out", str(out_y), "--crop-border", "-1"]) == 2
+
+
+def _has_progress() -> bool:
+    import inspect
+
+    return "progress" in inspect.signature(upscale_pairs).parameters
+
+
+@pytest.mark.skipif(not _has_progress(), reason="ots.evaluate.upscale_pairs has no progress= yet (lib helper)")
+def test_evaluate_stage_shows_progress(dataset, ckpt, tmp_path, monkeypatch, no_weights, capsys):
+    """The stage passes `evaluate.progress` through: a tqdm bar on stderr while the maps upscale, none when off."""
+    from pipelines import evaluate as stage
+
+    monkeypatch.chdir(tmp_path)
+    for progress in (True, False):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({"data": {"output": dataset}, "evaluate": {
+            "checkpoint": str(ckpt), "tile": 16, "overlap": 4, "device": "cpu", "grid_crop": 64, "mlflow": False,
+            "progress": progress}}))
+        assert stage.main(["--params", str(params)]) == 0
+        err = capsys.readouterr().err
+        assert ("it/s" in err or "img/s" in err or "s/img" in err) is progress, err

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +16,10 @@ pytest.importorskip("mlflow")
 
 import mlflow  # noqa: E402
 
-from pipelines import register  # noqa: E402
+from ots.errors import ConfigError  # noqa: E402
+from pipelines import register, run_record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_decide_rules():
@@ -77,13 +84,28 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
     name = f"ots-sr-{uuid.uuid4().hex[:8]}"
     client = mlflow.MlflowClient()
 
-    # v1 through the stage: logs the pyfunc into the training run, registers, becomes champion
+    # v1 through the stage, as DVC runs it (a fresh process): logs the pyfunc into the training run, registers,
+    # becomes champion -- and prints no warnings (MLflow's type-hint advice, cloudpickle) on stderr
     with mlflow.start_run() as run:
         pass
     params = write_stage_inputs(tmp_path, run.info.run_id, tracking, ckpt, 20.0, name)
-    assert register.main(["--params", str(params)]) == 0
+    proc = subprocess.run([sys.executable, "-m", "pipelines.register", "--params", str(params)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not [ln for ln in proc.stderr.splitlines() if "Warning" in ln], proc.stderr
     res = json.loads((tmp_path / "outputs/register/result.json").read_text())
     assert res["version"] == "1" and res["alias_moved"] and res["champion"] == "1"
+    assert not list((tmp_path / "outputs/register").glob(".*tmp*"))
+
+    # MLflow 3: the evaluation metrics are linked to the logged model, not only to the run
+    logged = client.get_logged_model(res["model_id"])
+    on_model = {m.key: m.value for m in logged.metrics or []}
+    assert on_model["val_psnr"] == 20.0 and on_model["val_bicubic_swd"] == 10.0
+    assert logged.source_run_id == run.info.run_id
+    found = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string="metrics.val_swd < 9", output_format="list")
+    assert res["model_id"] in {m.model_id for m in found}
     v1 = client.get_model_version(name, "1")
     assert v1.tags["metric.val_psnr"] == "20.0" and v1.tags["champion.decision"] == "promoted"
     assert v1.tags["metric.val_bicubic_psnr"] == "19.0" and "no champion yet" in v1.description
@@ -111,10 +133,11 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
         assert mv.tags["champion.reason"] == r["reason"] and words in mv.description
     assert client.get_model_version(name, "4").tags["champion.previous"] == "1"
 
-    # lower-is-better metric on the same registry
-    r = register.register_version(model_uri, name, {"val_psnr": 1.0, "val_swd": 1.0}, metric="val_swd",
+    # lower-is-better metric on the same registry: champion v4 has no val_swd tag, so its value comes from its
+    # logged model (the stage linked the evaluation, val_swd=8.0, to it)
+    r = register.register_version(model_uri, name, {"val_psnr": 1.0, "val_swd": 9.0}, metric="val_swd",
                                   greater_is_better=False, floor=None)
-    assert not r["alias_moved"] and "champion v4 has no val_swd" in r["reason"]
+    assert not r["alias_moved"] and r["champion_value"] == 8.0 and "does not beat champion v4 (8;" in r["reason"]
 
     # bicubic is the floor (the defaults): a map worse than bicubic is registered but never champion, and why
     broken = {"val_swd": 12.0, "val_bicubic_swd": 10.0, "val_psnr": 25.0, "val_bicubic_psnr": 19.0}
@@ -135,3 +158,34 @@ def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert register.main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("register: error:") and "run.json not found" in err and len(err.splitlines()) == 1
+
+
+def test_run_record_reads_what_train_and_evaluate_wrote(tmp_path, monkeypatch):
+    """register reads run.json and metrics.json through pipelines.run_record, not through the evaluate stage."""
+    import ast
+
+    tree = ast.parse((ROOT / "pipelines" / "register.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "pipelines.evaluate" not in imported and "pipelines.run_record" in imported
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    info = {"tracking_uri": "http://u:***@host:5000", "best_checkpoint": "b.pt", "final_checkpoint": "f.pt"}
+    assert run_record.selected_checkpoint(info) == "b.pt"
+    assert run_record.selected_checkpoint({"final_checkpoint": "f.pt"}) == "f.pt"
+    doc = {"train": {"mlflow": {"tracking_uri": "http://127.0.0.1:5001"}}}
+    assert run_record.tracking_uri(doc, info) == "http://127.0.0.1:5001"  # a redacted URI cannot connect
+    assert run_record.tracking_uri(doc, {"tracking_uri": "http://127.0.0.1:7"}) == "http://127.0.0.1:7"
+    assert run_record.tracking_uri({}, {}).startswith("sqlite:////")  # the default, made absolute
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert run_record.tracking_uri(doc, {"tracking_uri": "http://127.0.0.1:7"}) == "http://127.0.0.1:9"
+
+    f = tmp_path / "metrics.json"
+    f.write_text(json.dumps({"methods": {"ots": {"psnr": 20.0, "lpips": None}, "bicubic": {"swd": 3.0}}}))
+    assert run_record.read_metrics(f) == {"val_psnr": 20.0, "val_bicubic_swd": 3.0}
+    f.write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable metrics"):
+        run_record.read_metrics(f)
+    (tmp_path / "run.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        run_record.read_run_info(tmp_path / "run.json")
+    assert run_record.read_run_info(tmp_path / "missing.json", required=False) == {}
