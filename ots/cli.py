@@ -18,7 +18,7 @@ from ots.errors import OTSError
 COMMANDS = {
     "info": ("ots.models", "parameter counts of the map and potential (reference sizes by default)"),
     "bench": ("ots.bench", "benchmarks (JSON output)"),
-    "upscale": ("ots.infer", "upscale images with a trained map (any size, tiled)"),
+    "upscale": ("ots.commands.upscale", "upscale images with a trained map (any size, tiled)"),
     "data": ("ots.data.cli", "datasets: demo set, Parquet shards, inspection"),
     "evaluate": ("ots.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
     "fit": ("ots.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),

@@ -359,8 +359,8 @@ def write_report(out_dir: str | Path, pairs: Sequence[Pair], outputs: Mapping[st
 
 
 def load_model(source: str, device: str | torch.device = "cpu") -> nn.Module:
-    """A map from a checkpoint file, ``runs:/...``, ``models:/name@alias`` or a run id (see ``ots.infer.load_map``)."""
-    from ots.infer import load_map
+    """A map from a checkpoint file or storage URI (registry models: ``python -m pipelines.models fetch``)."""
+    from ots.checkpoint import load_map
 
     return load_map(source, device=str(device))
 
@@ -369,7 +369,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs")
     p.add_argument("--data", required=True, help="prepared dataset (folder, file:// or s3:// URI)")
     p.add_argument("--checkpoint", required=True,
-                   help="the OTS map: checkpoint file, runs:/<id>/<path>, a run id or models:/<name>@<alias>")
+                   help="the OTS map: checkpoint file or storage URI (file://, s3://)")
     p.add_argument("--gan", default=None, help="the GAN baseline's map (same forms as --checkpoint)")
     p.add_argument("--out", default="outputs/evaluate", help="output folder (metrics.json, metrics.md, grid.png)")
     p.add_argument("--lpips-weights", default=None, help="LPIPS backbone weights (path/URI; default: resolved)")

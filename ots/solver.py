@@ -1,4 +1,4 @@
-"""The OTS step (sup_f inf_T), the content-regularized GAN baseline (inf_T sup_f), and checkpoints.
+"""The solvers: the OTS step (sup_f inf_T) and the content-regularized GAN baseline (inf_T sup_f).
 
 OTS solves   sup_f inf_T  E_P[ c(x, T(x)) - f(T(x)) ] + E_Q[ f(y) ]
 with an unconstrained potential f: k_T map updates (inner inf over T, each on a fresh LR batch), then one
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -17,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+# checkpoint files live in ots.checkpoint; these names stay importable from here
+from ots.checkpoint import load_checkpoint, load_map, resume, save_checkpoint
 from ots.costs import parse_cost_spec, unwrap
-from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
+from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
 SOLVER_KINDS = ("ots", "gan")
@@ -216,7 +217,7 @@ class _Solver:
             if self.T_ema is not None:
                 self.T_ema.load_state_dict(state.get("map_ema") or state["map"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint does not fit these networks: {_first_line(e)}") from e
+            raise CheckpointError(f"checkpoint does not fit these networks: {one_line(e, 300)}") from e
         self.step_count = int(state["step"])
         if hasattr(self.reference, "load_state"):
             self.reference.load_state(state.get("reference", {}), self.T)
@@ -318,65 +319,8 @@ def gradient_penalty(f: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
 SOLVERS = {"ots": OTSSolver, "gan": RegularizedGAN}
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, solver: _Solver, config: dict | None = None,
-                    extra: dict | None = None) -> None:
-    """Atomic write (temp name + rename) of everything needed to resume, plus the run config."""
-    state = solver.state_dict()
-    state["config"] = config or {}
-    state["extra"] = extra or {}
-    state["rng"] = {"torch": torch.get_rng_state()}
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Tensors and plain containers only (weights_only=True)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt/unsafe files become one line
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
-    if not isinstance(state, dict) or "map" not in state:
-        raise CheckpointError(f"{path} is not an OTS checkpoint (no 'map' entry)")
-    return state
-
-
-def resume(solver: _Solver, path: str | os.PathLike, restore_rng: bool = True) -> dict:
-    state = load_checkpoint(path)
-    solver.load_state_dict(state)
-    if restore_rng and "rng" in state:
-        torch.set_rng_state(state["rng"]["torch"])
-    return state
-
-
-def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained map from a checkpoint, in eval mode, built from the config stored with it: the EMA of the map
-    when training kept one (that is what was validated and selected), else the map itself."""
-    from ots.models import build_map
-
-    state = load_checkpoint(path)
-    map_config = (state.get("config") or {}).get("model", {}).get("map")
-    if not map_config:
-        raise CheckpointError(f"{path} holds no map config (config.model.map)")
-    model = build_map(map_config)
-    try:
-        model.load_state_dict(state.get("map_ema") or state["map"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {_first_line(e)}") from e
-    return model.to(device).eval()
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " ".join(lines[:2])[:300] if lines else type(e).__name__
+__all__ = ["SOLVERS", "OTSSolver", "RegularizedGAN", "SolverConfig", "frozen", "gradient_penalty",
+           "load_checkpoint", "load_map", "resume", "save_checkpoint"]
