@@ -20,7 +20,7 @@ COMMANDS = {
     "bench": ("ots.bench", "benchmarks (JSON output)"),
     "upscale": ("ots.commands.upscale", "upscale images with a trained map (any size, tiled)"),
     "data": ("ots.data.cli", "datasets: demo set, Parquet shards, inspection"),
-    "evaluate": ("ots.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
+    "evaluate": ("ots.commands.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
     "fit": ("ots.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
     "curves": ("ots.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),
     "export": ("ots.export", "export a trained map to ONNX (dynamic size), verified against PyTorch"),
