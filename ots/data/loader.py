@@ -17,7 +17,6 @@ Tiles are decoded once per process (cached), so cropping is a memory copy.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
