@@ -4,8 +4,7 @@
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from ots import gaussian
-    from ots.bench import env, infer, report, train
+    from ots.bench import env, gaussian, infer, report, train
     from ots.data import bench as data_bench
 
     gaussian.add_bench_command(bsub)
