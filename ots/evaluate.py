@@ -71,21 +71,14 @@ def check_pairs(pairs: Sequence[Pair]) -> list[tuple[str, np.ndarray, np.ndarray
     return out
 
 
-def upscale_pairs(
-    pairs: Sequence[Pair],
-    maps: Mapping[str, nn.Module | None],
-    *,
-    tile: int | None = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    batch_tiles: int = 4,
-    progress: bool = True,
-) -> dict[str, list[np.ndarray]]:
+def upscale_pairs(pairs: Sequence[Pair], maps: Mapping[str, nn.Module | None], *,
+                  device: str | torch.device | None = None, progress: bool = True, **tiling
+                  ) -> dict[str, list[np.ndarray]]:
     """``{"bicubic": [...], <map name>: [...]}``: uint8 HWC outputs for every pair, in order.
 
     Maps given as ``None`` are skipped. Each map's scale must be the pairs' HR/LR ratio. ``progress``: a tqdm bar
-    (stderr) over the images of every map -- full 2K images take seconds each on a CPU.
+    (stderr) over the images of every map -- full 2K images take seconds each on a CPU. ``tiling``: the options
+    of :func:`ots.tiling.upscale_tensor` (tile, overlap, precision, batch_tiles).
     """
     from tqdm import tqdm
 
@@ -105,8 +98,7 @@ def upscale_pairs(
         for name, model in todo.items():
             outputs[name] = []
             for _, lr, _ in pairs:
-                outputs[name].append(upscale_array(model, lr, tile=tile, overlap=overlap, device=dev,
-                                                   precision=precision, batch_tiles=batch_tiles))
+                outputs[name].append(upscale_array(model, lr, device=dev, **tiling))
                 bar.update(1)
     return outputs
 
@@ -190,24 +182,13 @@ def score_outputs(
     return result
 
 
-def evaluate_pairs(
-    pairs: Sequence[Pair],
-    maps: Mapping[str, nn.Module | None],
-    *,
-    tile: int | None = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    lpips_weights: str | None = None,
-    inception_weights: str | None = None,
-    lpips_net: str = "alex",
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    fid_crop: int = 128,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Upscale the pairs with bicubic and every map, then score them (see :func:`score_outputs`)."""
+def evaluate_pairs(pairs: Sequence[Pair], maps: Mapping[str, nn.Module | None], *, tile: int | None = DEFAULT_TILE,
+                   overlap: int = DEFAULT_OVERLAP, device: str | torch.device | None = None, precision: str = "auto",
+                   **scoring) -> dict[str, Any]:
+    """Upscale the pairs with bicubic and every map, then score them (``scoring``: the options of
+    :func:`score_outputs`)."""
     outputs = upscale_pairs(pairs, maps, tile=tile, overlap=overlap, device=device, precision=precision)
-    result = score_outputs(pairs, outputs, lpips_weights=lpips_weights, inception_weights=inception_weights,
-                           lpips_net=lpips_net, device=device, fid_crop=fid_crop, seed=seed)
+    result = score_outputs(pairs, outputs, device=device, **scoring)
     result["tiling"] = {"tile": tile, "overlap": overlap}
     return result
 

@@ -14,7 +14,7 @@ Entry points: :func:`upscale_array` (numpy HWC uint8/uint16 in and out -- the py
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,25 +72,14 @@ def _max_value(dtype) -> float:
     raise ConfigError(f"images must be uint8 or uint16, got {dtype}")
 
 
-def upscale_array(
-    model: nn.Module,
-    image: np.ndarray,
-    *,
-    tile: int | None = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    batch_tiles: int = 4,
-    progress: bool = False,
-    outscale: float | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> np.ndarray:
+def upscale_array(model: nn.Module, image: np.ndarray, *, outscale: float | None = None, **tiling) -> np.ndarray:
     """Upscale one image: (H, W), (H, W, 1|2|3|4) uint8/uint16 -> (sH, sW[, C]) of the same dtype and layout.
 
     Gray is replicated to RGB for the map and averaged back; alpha (2nd of 2 or 4th of 4 channels) is upscaled
     with bicubic interpolation, not by the map. ``outscale`` (Real-ESRGAN's ``-s``): the final size is
     ``round(H * outscale) x round(W * outscale)``; when it differs from the map's scale the map's output is
-    resized (bicubic, antialiased).
+    resized (bicubic, antialiased). ``tiling``: the keyword options of :func:`ots.tiling.upscale_tensor` (tile,
+    overlap, device, precision, batch_tiles, progress, should_stop).
     """
     a = np.asarray(image)
     maxv = _max_value(a.dtype)
@@ -107,8 +96,7 @@ def upscale_array(
     color = t[:, :color_c] * 2 - 1
     if color_c == 1:
         color = color.expand(-1, 3, -1, -1)
-    y = upscale_tensor(model, color, tile=tile, overlap=overlap, device=device, precision=precision,
-                       batch_tiles=batch_tiles, progress=progress, should_stop=should_stop)
+    y = upscale_tensor(model, color, **tiling)
     y = (y.clamp(-1, 1) + 1) / 2
     if color_c == 1:
         y = y.mean(1, keepdim=True)
@@ -124,7 +112,6 @@ def upscale_array(
         y = torch.cat([y, alpha.clamp(0, 1)], 1)
     out = (y[0].permute(1, 2, 0) * maxv).round().numpy().astype(a.dtype)
     return out[:, :, 0] if squeeze else out
-
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
