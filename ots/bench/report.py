@@ -46,6 +46,10 @@ def _row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _header(*columns: str) -> list[str]:
+    return [_row(*columns), "|" + "---|" * len(columns)]
+
+
 def _loaded(d: Path, names, lines: list[str]):
     """(name, result) of each benchmark JSON present; a "missing" table row for each absent one."""
     for name in names:
@@ -57,8 +61,8 @@ def _loaded(d: Path, names, lines: list[str]):
 
 
 def _train(d: Path) -> tuple[list[str], list[dict]]:
-    lines = ["| file | loop | batch | precision | compile | map steps/s | HR crops/s | % of bf16 peak "
-             "(counted / 140 GFLOP) | peak MB | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("file", "loop", "batch", "precision", "compile", "map steps/s", "HR crops/s",
+                    "% of bf16 peak (counted / 140 GFLOP)", "peak MB", "note")
     rows = []
     for name, r in _loaded(d, TRAIN_FILES, lines):
         for run in r.get("runs", []):
@@ -80,8 +84,8 @@ def _train(d: Path) -> tuple[list[str], list[dict]]:
 
 
 def _infer(d: Path) -> tuple[list[str], list[dict]]:
-    lines = ["| file | input → output | precision | compile | tiling | output MP/s (network alone) | vs untiled | "
-             "peak MB | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("file", "input → output", "precision", "compile", "tiling", "output MP/s (network alone)",
+                    "vs untiled", "peak MB", "note")
     rows = []
     for name, r in _loaded(d, INFER_FILES, lines):
         for x in r.get("results", []):
