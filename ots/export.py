@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ots.errors import CheckpointError, OTSError
+from ots.atomic import atomic_path
+from ots.errors import CheckpointError, OTSError, one_line
 
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4
@@ -46,22 +46,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     model = model.float().cpu().eval()
     x = torch.rand(1, 3, *example_hw) * 2 - 1
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     dim = torch.export.Dim
     shapes = {"x": {0: dim("batch", min=1, max=1024), 2: dim("height", min=2, max=16384),
                     3: dim("width", min=2, max=16384)}}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), atomic_path(out) as tmp:
             torch.onnx.export(model, (x,), str(tmp), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
                               input_names=["lr"], output_names=["sr"], external_data=False, verbose=False)
-        os.replace(tmp, out)
     except OTSError:
         raise
     except Exception as e:  # noqa: BLE001 - exporter errors are long; one line
-        raise ExportError(f"cannot export the map to ONNX: {' '.join(str(e).split())[:300]}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot export the map to ONNX: {one_line(e, 300)}") from e
     return out
 
 

@@ -20,12 +20,12 @@ to use a location is a :class:`ots.errors.StorageError` whose message is one lin
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ots.errors import StorageError
+from ots.atomic import atomic_path
+from ots.errors import StorageError, one_line
 from ots.locations import Location, join_uri, parse_uri, redact_uri
 
 __all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri", "DEFAULT_ATTEMPTS",
@@ -232,14 +232,10 @@ class Store:
         full = self.full(rel)
         try:
             if self.location.scheme == "file":
-                parent = os.path.dirname(full)
-                os.makedirs(parent, exist_ok=True)
-                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as f:
+                with atomic_path(full) as tmp, open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, full)
             else:
                 with self.fs.open_output_stream(full) as f:
                     f.write(data)
@@ -273,7 +269,7 @@ def _error_code_with_body(client, bucket: str) -> str:
 
 
 def _cause(e: BaseException) -> str:
-    msg = redact_uri(" ".join(str(e).split()))
+    msg = one_line(e)
     low = msg.lower()
     if "invalidaccesskeyid" in low or "invalid_access_key_id" in low or "signaturedoesnotmatch" in low \
             or "signature_does_not_match" in low:
