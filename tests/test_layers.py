@@ -129,3 +129,32 @@ def test_long_modules_say_why(module):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert REASON in doc, (f"{path.relative_to(REPO)} has {n} lines (> {MAX_LINES}): split it by job, or "
                                f"state '{REASON} ...' in its docstring")
+
+
+# -- dependencies follow the layers ---------------------------------------------------------------------------
+DISTS = {"PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml", "botocore": "boto3", "dvc_s3": "dvc-s3"}
+
+
+def _declared(*extras: str) -> set[str]:
+    import re
+    import tomllib
+
+    proj = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(proj["dependencies"]) + [r for e in extras for r in proj["optional-dependencies"][e]]
+    return {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in reqs}
+
+
+def _third_party(package: str) -> set[str]:
+    import sys
+
+    names = {n.split(".")[0] for m in MODULES if _is(m, package) for n, _ in imports(m)}
+    return {DISTS.get(n, n).lower() for n in names} - set(sys.stdlib_module_names) - {"ots", "pipelines", "__future__"}
+
+
+def test_the_library_needs_only_its_dependencies_and_the_pipelines_their_extra():
+    lib = _declared("s3", "perceptual", "export", "dev")  # dev: pytorch-fid, the FID parity reference
+    assert _third_party("ots") <= lib, f"ots/ imports undeclared {_third_party('ots') - lib}"
+    core = _declared()
+    assert not core & {"ray", "mlflow", "dvc", "dvc-s3", "pandas", "uvicorn"}, "pipeline packages in the core deps"
+    pipe = _declared("s3", "perceptual", "pipeline")
+    assert _third_party("pipelines") <= pipe, f"pipelines/ imports undeclared {_third_party('pipelines') - pipe}"
