@@ -8,6 +8,9 @@ Static (AST) checks of every module under ots/ and pipelines/: top-level and laz
 from __future__ import annotations
 
 import ast
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -136,17 +139,12 @@ DISTS = {"PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml", "botocore
 
 
 def _declared(*extras: str) -> set[str]:
-    import re
-    import tomllib
-
     proj = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = list(proj["dependencies"]) + [r for e in extras for r in proj["optional-dependencies"][e]]
     return {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in reqs}
 
 
 def _third_party(package: str) -> set[str]:
-    import sys
-
     names = {n.split(".")[0] for m in MODULES if _is(m, package) for n, _ in imports(m)}
     return {DISTS.get(n, n).lower() for n in names} - set(sys.stdlib_module_names) - {"ots", "pipelines", "__future__"}
 
