@@ -1,5 +1,6 @@
 """The served model: a custom MLflow pyfunc wrapping the trained map (checkpoint artifact) and the tiled inference.
-(The bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.)
+
+The bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.
 
 Not the default ``pt2`` export (it freezes the input size): any image size goes through :mod:`ots.infer`.
 
