@@ -141,7 +141,7 @@ def build_shards(
     ``extra`` (e.g. degradation parameters) is stored in the manifest. Bad input raises DataError listing
     every bad file, before anything is written, unless ``skip_invalid``.
     """
-    from ots.data.sources import decode_image, scan_aim19
+    from ots.data.sources import decode_rgb8, scan_aim19
 
     cfg = (cfg or ShardConfig()).validate()
     src = scan_aim19(source_dir, hr_min=cfg.hr_crop, lr_min=cfg.lr_crop, progress=progress)
@@ -194,14 +194,14 @@ def build_shards(
         for item, name in items:
             if split == "val":
                 _, lr, hr = item
-                lr_img = decode_image(lr.path.read_bytes(), lr.rel)
+                lr_img = decode_rgb8(lr.path.read_bytes(), lr.rel)
                 lh, lw = lr_img.shape[:2]
-                hr_img = decode_image(hr.path.read_bytes(), hr.rel)[: lh * 4, : lw * 4]  # modcrop
+                hr_img = decode_rgb8(hr.path.read_bytes(), hr.rel)[: lh * 4, : lw * 4]  # modcrop
                 new = itertools.chain(_rows_for_image(lr_img, lr.rel, name, "val", "lr", None, 0),
                                       _rows_for_image(hr_img, hr.rel, name, "val", "hr", None, 0))
                 counts["val/pairs"] = counts.get("val/pairs", 0) + 1
             else:
-                img = decode_image(item.path.read_bytes(), item.rel)
+                img = decode_rgb8(item.path.read_bytes(), item.rel)
                 new = _rows_for_image(img, item.rel, name, split, domain, tile, cfg.overlap)
                 counts[f"{split}/{domain}/images"] = counts.get(f"{split}/{domain}/images", 0) + 1
             for row in new:  # shard_bytes holds within an image too: a huge image spans several shards
