@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from ots import __version__
-from ots.errors import OTSError
+from ots.errors import OTSError, one_line
 
 # verb -> (the module whose `add_commands(subparsers)` registers it, its one-line help for `ots --help`).
 COMMANDS = {
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OTSError as e:
-        print(f"ots: error: {e}", file=sys.stderr)
+        print(f"ots: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ots: interrupted", file=sys.stderr)

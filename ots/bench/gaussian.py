@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ots.atomic import write_text
+from ots.errors import ConfigError, one_line
 from ots.gaussian import (
     EVAL_SAMPLES,
     EVAL_SEED,
@@ -186,7 +187,6 @@ def _assemble(dim, run, config, rows, seeds, done, pair, disp, eval_n, eval_seed
 
 
 def load_result(path: str) -> dict:
-    from ots.errors import ConfigError
 
     try:
         with open(path) as fh:
@@ -194,7 +194,7 @@ def load_result(path: str) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"no such result file: {path}") from None
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path} as JSON: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read {path} as JSON: {one_line(str(e).splitlines()[0])}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("rows"), dict):
         raise ConfigError(f"{path} is not an `ots bench gaussian` result (no 'rows')")
     return obj
@@ -267,7 +267,6 @@ def add_bench_command(bench_sub) -> None:
 
 
 def _bench(args) -> int:
-    from ots.errors import ConfigError
 
     if args.table:
         print(markdown_table(load_result(args.table)))

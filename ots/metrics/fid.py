@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ots.errors import ConfigError, WeightsNotFoundError
+from ots.errors import ConfigError, WeightsNotFoundError, one_line
 from ots.weights import RANDOM, load_state_dict, resolve_weights
 
 
@@ -97,7 +97,7 @@ def build_inception(weights: str | None = None, device: str | torch.device = "cp
             model.net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise WeightsNotFoundError(f"{path} is not the pytorch-fid Inception weights file: "
-                                       f"{str(e).splitlines()[0]}") from e
+                                       f"{one_line(str(e).splitlines()[0])}") from e
     return model.eval().requires_grad_(False).to(device)
 
 
