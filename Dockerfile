@@ -18,8 +18,8 @@ COPY --chown=ray:users pipelines ./pipelines
 COPY --chown=ray:users infra ./infra
 COPY --chown=ray:users configs ./configs
 COPY --chown=ray:users params.yaml dvc.yaml ./
-RUN pip install --no-cache-dir --no-deps . && ots --help >/dev/null && python -c "import pipelines.train"
-
-ENV RAY_TRAIN_ENABLE_PRINT_PATCH=0
+# The library is installed; `pipelines` (not installed, see pyproject.toml) is found through PYTHONPATH.
+ENV PYTHONPATH=/home/ray/ots RAY_TRAIN_ENABLE_PRINT_PATCH=0
+RUN pip install --no-cache-dir --no-deps . && ots --help >/dev/null && cd / && python -c "import pipelines.train"
 # The entrypoint stays Ray's (the cluster launcher and KubeRay run `ray start`); jobs run
 #   python -m pipelines.train --params infra/params.cluster.yaml

@@ -10,7 +10,7 @@ class ConfigError(OTSError, ValueError):
 
 
 class WeightsNotFoundError(OTSError, FileNotFoundError):
-    """Pretrained backbone weights could not be resolved (nothing is ever downloaded)."""
+    """Pretrained backbone weights could not be resolved: not found, offline, or the download failed."""
 
 
 class NonFiniteLossError(OTSError, FloatingPointError):

@@ -13,6 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Never reach the internet for backbone weights (tests inject random backbones); the download path has its own
+# test against a server on 127.0.0.1 that switches this off.
+os.environ["OTS_OFFLINE"] = "1"
+# `pipelines` is not installed (pyproject.toml): it runs from the project root. Tests that chdir elsewhere start
+# Ray workers, DVC and servers there, so they get the root through the environment, as the image does.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
 
 def copy_repo(dst: Path, git: bool = True) -> Path:
     """The repo's tracked and untracked-but-not-ignored files copied to ``dst`` (no venv, data or outputs), as a

@@ -106,9 +106,11 @@ def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
     (repo / "dvc.lock").unlink(missing_ok=True)
     _run(["dvc", "commit", "-f", "-q", "prepare", "train", "train_gan", "evaluate"], repo)
     assert json.loads(_run(["dvc", "status", "--json", "train"], repo)) == {}
+    assert json.loads(_run(["dvc", "status", "--json", "prepare"], repo)) == {"prepare": ["always changed"]}
 
     (repo / "configs" / "train_overrides.yaml").write_text(yaml.safe_dump({"solver": {"lr_map": 3e-4}}))
     status = json.loads(_run(["dvc", "status", "--json", "prepare", "train", "train_gan"], repo))
+    assert status.pop("prepare") == ["always changed"]  # it decides itself (see dvc.yaml)
     assert set(status) == {"train", "train_gan"}  # the tuned params reach the baseline too (same budget)
     assert {"configs/train_overrides.yaml": {"solver": "new"}} in [c.get("changed deps") for c in status["train"]]
 
@@ -117,3 +119,28 @@ def test_dvc_marks_train_stale_when_the_tuned_params_change(tmp_path):
     per_image = [k for k in shown if "per_image.csv" in k]
     assert per_image == ["outputs/evaluate/per_image.csv"] and len(shown[per_image[0]]) == 1
     assert shown["outputs/evaluate/grid.png"][0]["type"] == "image"
+
+
+DEFAULT_STAGES = ["prepare", "train", "train_gan", "evaluate", "register"]
+
+
+def test_committed_dvc_lock_matches_the_code_and_params(tmp_path):
+    """`dvc status` on a clean checkout must not report code, params or commands changed since dvc.lock was
+    written: a stale lock means `dvc repro` reruns everything and the committed metrics do not belong to this code.
+    Outputs are absent on a fresh clone ("deleted"); only changes count. Refresh the lock with `make demo`."""
+    repo = copy_repo(tmp_path / "repo")
+    status = json.loads(_run(["dvc", "status", "--json", *DEFAULT_STAGES], repo))
+    stale = {}
+    for stage, entries in status.items():
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):  # "changed command", or "always changed" (prepare decides itself)
+                if entry != "always changed":
+                    stale.setdefault(stage, []).append(entry)
+                continue
+            for kind, changes in entry.items():
+                if kind == "changed outs":
+                    continue
+                changed = {k: v for k, v in changes.items() if v != "deleted"} if isinstance(changes, dict) else changes
+                if changed:
+                    stale.setdefault(stage, []).append({kind: changed})
+    assert not stale, f"dvc.lock is stale (run `make demo` and commit dvc.lock): {stale}"

@@ -95,7 +95,9 @@ def test_lock_pins_every_requirement_within_its_bounds_and_the_tested_versions()
     for dist in ("ray", "torch", "torchvision", "mlflow", "pyarrow", "dvc"):  # the versions the tests ran with
         assert pins[dist] == metadata.version(dist).split("+")[0], dist
     make = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install .*-r requirements\.lock", make)  # `make install-locked`
+    # `make demo` / `make test` install the lock
+    assert re.search(r"\$\(STAMP\): pyproject.toml requirements.lock\n(\t.*\n)*\t.*pip install .*--no-deps -r "
+                     r"requirements\.lock", make)
     assert re.search(r"\$\(UV\) pip compile pyproject.toml", make)
 
 
