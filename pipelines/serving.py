@@ -27,7 +27,7 @@ def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: Se
 
     import uvicorn
 
-    from ots.infer import resolve_device
+    from ots.tiling import resolve_device
 
     if isinstance(model_source, str):
         model = load_map_from_uri(model_source, device=str(resolve_device(device)))

@@ -5,7 +5,7 @@ computing after its 60 s timeout answers 504, echoes the request data (and, for 
 trace) in error bodies and waits for busy threads on SIGTERM. `python -m pipelines.serving` serves the same
 payloads with those bounds:
   * admission: at most `max_concurrent` requests compute at once and their estimated peak memory
-    (ots.infer.estimate_memory, from the image headers) stays within `memory_budget`; otherwise 503 + Retry-After;
+    (ots.memory.estimate_memory, from the image headers) stays within `memory_budget`; otherwise 503 + Retry-After;
   * per request: at most `max_images` images and `max_request_pixels` input pixels, a body of at most
     `max_body_bytes`, and one request that alone needs more than the budget: 413 with the reason;
   * a request still running after `timeout_s` answers 504 and its work is cancelled (polled per tile batch);
@@ -63,7 +63,8 @@ class BoundedUpscaleServer:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        from ots.infer import available_memory, model_scale, resolve_device
+        from ots.memory import available_memory
+        from ots.tiling import model_scale, resolve_device
 
         self.limits = (limits or ServeLimits()).validate()
         self.model, self.scale = model, model_scale(model)
@@ -196,7 +197,7 @@ class BoundedUpscaleServer:
 
         from ots.errors import DataError
         from ots.imageio import image_info
-        from ots.infer import estimate_memory
+        from ots.memory import estimate_memory
 
         if self.stopping.is_set():
             raise _HTTPError(503, "TEMPORARILY_UNAVAILABLE", "server is shutting down")
@@ -264,7 +265,9 @@ class BoundedUpscaleServer:
 
     def _work(self, images: list[bytes], tile: int, overlap: int, cancel) -> list[dict]:
         from ots.errors import OTSError
-        from ots.infer import Cancelled, encode_png, upscale_array
+        from ots.imageio import encode_png
+        from ots.infer import upscale_array
+        from ots.tiling import Cancelled
 
         stop = lambda: cancel.is_set() or self.stopping.is_set()  # noqa: E731
         rows = []

@@ -11,7 +11,7 @@ Payload (``POST /invocations``, ``Content-Type: application/json``)::
 
 ``image`` is a ``binary`` column: base64 in JSON (MLflow decodes it), raw ``bytes`` from Python
 (``pyfunc_model.predict(pd.DataFrame({"image": [png_bytes]}))``). Any format Pillow reads is accepted (PNG, JPEG,
-...; gray, gray+alpha, RGB, RGBA; 8 or 16 bit). Arrays: encode them with ``ots.infer.encode_png`` (lossless,
+...; gray, gray+alpha, RGB, RGBA; 8 or 16 bit). Arrays: encode them with ``ots.imageio.encode_png`` (lossless,
 keeps 16 bit) -- or, bypassing the schema, ``unwrap_python_model().predict(None, df)`` takes uint8/uint16 numpy
 arrays in the ``image`` column. The answer is ``{"predictions": [{"image": "<base64 PNG>", "height": H,
 "width": W}, ...]}`` (same bit depth and channel layout as the input, ``scale`` times larger).
@@ -143,8 +143,8 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                    "max_request_pixels")
 
     def load_context(self, context) -> None:
-        from ots.infer import resolve_device
-        from ots.solver import load_map
+        from ots.checkpoint import load_map
+        from ots.tiling import resolve_device
 
         config = getattr(context, "model_config", None) or {}  # models-from-code: settings travel here
         for key in self.CONFIG_KEYS:
@@ -158,7 +158,9 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # no type hints: the signature is explicit
         from ots.errors import OTSError
-        from ots.infer import Cancelled, encode_png, upscale_array
+        from ots.imageio import encode_png
+        from ots.infer import upscale_array
+        from ots.tiling import Cancelled
 
         if self.model is None:
             self.load_context(context)
@@ -229,7 +231,7 @@ def signature(tile: int = 256, overlap: int = 32):
 
 
 def example_png(h: int = 8, w: int = 8) -> bytes:
-    from ots.infer import encode_png
+    from ots.imageio import encode_png
 
     y, x = np.mgrid[0:h, 0:w]
     img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(h + w - 2, 1)], -1)
@@ -255,7 +257,7 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
     ckpt = Path(checkpoint_path)
     if not ckpt.is_file():
         raise CheckpointError(f"no such checkpoint file: {ckpt}")
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     load_map(ckpt)  # fail early (one line) on a checkpoint the server could not load
     kwargs = dict(
