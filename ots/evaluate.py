@@ -94,7 +94,7 @@ def upscale_pairs(pairs: Sequence[Pair], maps: Mapping[str, nn.Module | None], *
         if s != scale:
             raise ConfigError(f"map {name!r} upscales x{s} but the validation pairs are x{scale}")
     with tqdm(total=len(todo) * len(pairs), desc="evaluate: upscale", unit="img", disable=not progress or not todo,
-              leave=False) as bar:
+              leave=True) as bar:
         for name, model in todo.items():
             outputs[name] = []
             for _, lr, _ in pairs:

@@ -221,3 +221,18 @@ def test_cli_y_channel_and_crop_border(dataset, ckpt, tmp_path, no_weights, pair
     assert abs(y["methods"]["bicubic"]["psnr"] - rgb["psnr"]) > 0.05
     assert "Y channel, 4 border px" in (out_y / "metrics.md").read_text()
     assert ots_main(base + ["--out", str(out_y), "--crop-border", "-1"]) == 2
+
+
+def test_upscaling_many_images_shows_a_progress_bar(pairs, ckpt, capsys):
+    """Issue #10.12: evaluating full 2K images takes minutes; a bar over images x maps says how far it is."""
+    from ots.checkpoint import load_map
+    from ots.evaluate import upscale_pairs
+
+    model = load_map(ckpt)
+    out = upscale_pairs(pairs, {"ots": model, "gan": model}, tile=16, overlap=4, device="cpu")
+    err = capsys.readouterr().err
+    assert "evaluate: upscale" in err and f"{2 * len(pairs)}/{2 * len(pairs)}" in err
+    quiet = upscale_pairs(pairs, {"ots": model}, tile=16, overlap=4, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""
+    for a, b in zip(out["ots"], quiet["ots"]):
+        np.testing.assert_array_equal(a, b)
