@@ -24,14 +24,14 @@ $(STAMP): pyproject.toml requirements.lock
 install-latest:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,export]'
+	$(BIN)/python -m pip install -q -e '.[pipeline,dev,export]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # Re-resolve after editing dependencies in pyproject.toml (needs uv: `pip install uv`).
 lock:
-	$(UV) pip compile pyproject.toml --extra dev --extra export --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra pipeline --extra dev --extra export --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --no-header $(addprefix -c ,$(LOCK_CONSTRAINTS)) -o requirements.lock
 
 # The project image for the clusters (infra/); needs a Docker daemon.

@@ -1,4 +1,4 @@
-"""`ots` command line. Each feature module contributes its sub-commands through `add_commands(sub)`.
+"""`ots` command line: dispatches each verb to its CLI module (`ots.commands.*`, `ots.data.cli`, `ots.bench`).
 
 Only the module of the verb being run is imported (torch and friends take seconds to import): `ots --help`
 and `ots --version` import nothing heavy, and `python -m ots` runs from a bare source tree (e.g. on a GPU box
@@ -12,18 +12,18 @@ import importlib
 import sys
 
 from ots import __version__
-from ots.errors import OTSError
+from ots.errors import OTSError, one_line
 
 # verb -> (the module whose `add_commands(subparsers)` registers it, its one-line help for `ots --help`).
 COMMANDS = {
-    "info": ("ots.models", "parameter counts of the map and potential (reference sizes by default)"),
+    "info": ("ots.commands.info", "parameter counts of the map and potential (reference sizes by default)"),
     "bench": ("ots.bench", "benchmarks (JSON output)"),
-    "upscale": ("ots.infer", "upscale images with a trained map (any size, tiled)"),
+    "upscale": ("ots.commands.upscale", "upscale images with a trained map (any size, tiled)"),
     "data": ("ots.data.cli", "datasets: demo set, Parquet shards, inspection"),
-    "evaluate": ("ots.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
-    "fit": ("ots.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
-    "curves": ("ots.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),
-    "export": ("ots.export", "export a trained map to ONNX (dynamic size), verified against PyTorch"),
+    "evaluate": ("ots.commands.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
+    "fit": ("ots.commands.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
+    "curves": ("ots.commands.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),
+    "export": ("ots.commands.export", "export a trained map to ONNX (dynamic size), verified against PyTorch"),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for m, _ in COMMANDS.values()))
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except OTSError as e:
-        print(f"ots: error: {e}", file=sys.stderr)
+        print(f"ots: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ots: interrupted", file=sys.stderr)

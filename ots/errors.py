@@ -36,7 +36,7 @@ class InferenceError(OTSError):
 def one_line(error: BaseException | str, limit: int | None = None) -> str:
     """The message every door prints for ``error``: one line (whitespace collapsed), credentials in URIs
     masked, optionally cut at ``limit`` characters. Used as ``print(f"{door}: error: {one_line(e)}")``."""
-    from ots.storage import redact_uri  # storage imports this module: import at call time
+    from ots.locations import redact_uri  # locations imports this module: import at call time
 
     text = redact_uri(" ".join(str(error).split()))
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -10,16 +10,15 @@ onnxruntime on random sizes and reports the largest absolute difference to eager
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ots.errors import CheckpointError, OTSError
+from ots.atomic import atomic_path
+from ots.errors import CheckpointError, OTSError, one_line
 
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4
@@ -46,22 +45,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     model = model.float().cpu().eval()
     x = torch.rand(1, 3, *example_hw) * 2 - 1
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     dim = torch.export.Dim
     shapes = {"x": {0: dim("batch", min=1, max=1024), 2: dim("height", min=2, max=16384),
                     3: dim("width", min=2, max=16384)}}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), atomic_path(out) as tmp:
             torch.onnx.export(model, (x,), str(tmp), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
                               input_names=["lr"], output_names=["sr"], external_data=False, verbose=False)
-        os.replace(tmp, out)
     except OTSError:
         raise
     except Exception as e:  # noqa: BLE001 - exporter errors are long; one line
-        raise ExportError(f"cannot export the map to ONNX: {' '.join(str(e).split())[:300]}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot export the map to ONNX: {one_line(e, 300)}") from e
     return out
 
 
@@ -107,21 +101,3 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, 
         raise ExportError(f"ONNX output differs from eager by {worst:.3g} (> atol {atol:g}); no file written")
     return {"onnx": str(path), "opset": opset, "inputs": "lr: float32 (N, 3, H, W) in [-1, 1]",
             "outputs": "sr: float32 (N, 3, sH, sW)", "verified": checks, "max_abs_diff": worst}
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("export", help="export a trained map to ONNX (dynamic size), verified against PyTorch")
-    p.add_argument("--checkpoint", required=True, help="map checkpoint file (e.g. outputs/train/final.pt)")
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    p.add_argument("--verify", type=int, default=3, help="random input sizes to check against eager (0: none)")
-    p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest allowed |onnx - eager|")
-    p.set_defaults(func=_cmd_export)
-
-
-def _cmd_export(args) -> int:
-    if args.verify < 0 or args.atol <= 0:
-        raise ExportError("--verify must be >= 0 and --atol > 0")
-    print(json.dumps(export_checkpoint(args.checkpoint, args.output, opset=args.opset, verify=args.verify,
-                                       atol=args.atol)))
-    return 0

@@ -1,4 +1,4 @@
-"""The one image decoder every door shares (``prepare``, ``ots upscale``, the served model): bytes -> HWC array.
+"""Image I/O: the one decoder every door shares (``prepare``, ``ots upscale``, the served model) and the writers.
 
 :func:`decode_image` returns ``(H, W, C)`` ``uint8`` or ``uint16`` (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) and
 keeps 16 bits: 16-bit PNGs of every colour type are decoded losslessly (Pillow reads 16-bit gray only; RGB(A)
@@ -8,22 +8,33 @@ so a bomb costs nothing and ends as one :class:`ots.errors.DataError` line like 
 
 :func:`to_rgb8` converts any decoded array to the ``uint8`` RGB the data layer stores: 16 bit is *rescaled*
 (``round(v * 255 / 65535)``, never clipped), gray is replicated, alpha is dropped.
+
+Files: :func:`read_image` / :func:`probe_file` (header only) and :func:`write_image` (atomic; PNG through
+:func:`encode_png`, which keeps 16 bit, other formats through Pillow). Errors are one-line
+:class:`ots.errors.InferenceError` at the file doors, :class:`ots.errors.DataError` for bytes.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
+from pathlib import Path
 
 import numpy as np
 
-from ots.errors import DataError
+from ots import atomic
+from ots.errors import ConfigError, DataError, InferenceError, one_line
 
 # Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "image_info", "png_bit_depth", "to_rgb8"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "decode_image", "encode_png", "image_info", "png_bit_depth",
+           "probe_file", "read_image", "to_depth8", "to_rgb8", "write_image"]
 
 
 def png_bit_depth(data: bytes) -> int | None:
@@ -34,8 +45,7 @@ def png_bit_depth(data: bytes) -> int | None:
 
 
 def _first_line(e: BaseException) -> str:
-    s = " ".join(str(e).split())
-    return s[:200] if s else type(e).__name__
+    return one_line(e, 200) or type(e).__name__
 
 
 def image_info(data: bytes, what: str = "image") -> tuple[int, int, int, int]:
@@ -157,9 +167,99 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
         raise DataError(f"expected an (H, W[, 1|2|3|4]) image, got shape {np.asarray(arr).shape}")
-    if a.dtype == np.uint16:
-        a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif a.dtype != np.uint8:
+    if a.dtype not in (np.uint8, np.uint16):
         raise DataError(f"images must be uint8 or uint16, got {a.dtype}")
+    a = to_depth8(a)
     a = a[:, :, :3] if a.shape[2] >= 3 else np.repeat(a[:, :, :1], 3, axis=2)
     return np.ascontiguousarray(a)
+
+
+def to_depth8(a: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 rescaled (``round(v * 255 / 65535)``); uint8 unchanged."""
+    if a.dtype == np.uint16:
+        return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return a
+
+
+# ------------------------------------------------------------------------------------------------------- files
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Any common image file -> (H, W, C) uint8/uint16 array (16-bit PNGs stay 16-bit). One-line errors.
+
+    Decoded by :func:`ots.imageio.decode_image` (the decoder ``prepare`` and serving share); images over
+    ``max_pixels`` (default: Pillow's decompression-bomb limit) are refused from the header.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InferenceError(f"no such file: {p}")
+    if not p.is_file():
+        raise InferenceError(f"not a file: {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InferenceError(f"cannot read {p}: {e.strerror or e}") from e
+    try:
+        return decode_image(data, str(p), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    except DataError as e:
+        raise InferenceError(str(e)) from e
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Minimal PNG encoder for uint8/uint16 gray, gray+alpha, RGB and RGBA (keeps 16-bit, unlike Pillow)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    h, w, c = a.shape
+    if c not in (1, 2, 3, 4) or a.dtype not in (np.uint8, np.uint16):
+        raise ConfigError(f"cannot encode a {a.dtype} image with {c} channels as PNG")
+    depth = 16 if a.dtype == np.uint16 else 8
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.ascontiguousarray(a.astype(">u2" if depth == 16 else np.uint8)).reshape(h, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+            + chunk(b"IEND", b""))
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write PNG (any supported depth/layout) or, for 8-bit images, any format Pillow knows by suffix; atomic."""
+    p = Path(path)
+    a = np.asarray(image)
+    if p.suffix.lower() == ".png":
+        data = encode_png(a)
+    else:
+        if a.dtype != np.uint8:
+            raise ConfigError(f"{p.suffix} output supports 8-bit images only; write a .png for {a.dtype}")
+        from PIL import Image
+
+        a = a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a
+        if p.suffix.lower() in (".jpg", ".jpeg") and a.ndim == 3 and a.shape[2] in (2, 4):
+            a = a[:, :, : a.shape[2] - 1]  # JPEG has no alpha
+            a = a[:, :, 0] if a.shape[2] == 1 else a
+        buf = io.BytesIO()
+        try:
+            Image.fromarray(a).save(buf, format=Image.registered_extensions().get(p.suffix.lower()))
+        except (OSError, ValueError, KeyError) as e:
+            raise InferenceError(f"cannot write {p}: {e}") from e
+        data = buf.getvalue()
+    try:
+        return atomic.write_bytes(p, data)
+    except OSError as e:
+        raise InferenceError(f"cannot write {p}: {e.strerror or e}") from e
+
+
+def probe_file(path: Path) -> tuple[int, int, int, int]:
+    """(height, width, channels, bytes per sample) from the header only."""
+    try:
+        with open(path, "rb") as f:
+            return image_info(f.read(), str(path))
+    except OSError as e:
+        raise InferenceError(f"cannot read {path}: {e.strerror or e}") from e
+    except DataError as e:
+        raise InferenceError(str(e)) from e
+

@@ -1,4 +1,4 @@
-"""The OTS step (sup_f inf_T), the content-regularized GAN baseline (inf_T sup_f), and checkpoints.
+"""The solvers: the OTS step (sup_f inf_T) and the content-regularized GAN baseline (inf_T sup_f).
 
 OTS solves   sup_f inf_T  E_P[ c(x, T(x)) - f(T(x)) ] + E_Q[ f(y) ]
 with an unconstrained potential f: k_T map updates (inner inf over T, each on a fresh LR batch), then one
@@ -9,76 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from ots.costs import parse_cost_spec, unwrap
-from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
+# checkpoint files live in ots.checkpoint; these names stay importable from here
+from ots.checkpoint import load_checkpoint, load_map, resume, save_checkpoint
+from ots.costs import unwrap
+from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
+from ots.solver_config import SolverConfig  # importable from here as before
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
-SOLVER_KINDS = ("ots", "gan")
-
-
-@dataclass
-class SolverConfig:
-    """Everything the solver needs, defaults written once (params.yaml's ``solver:`` section, validated)."""
-
-    kind: str = "ots"             # "ots" (sup_f inf_T) or "gan" (the content-regularized WGAN-GP baseline)
-    cost: Any = "mse"             # a cost name or {name: weight} (ots.costs.parse_cost_spec)
-    anchor_every: int = 0         # re-anchor R to a frozen copy of T every N potential steps (0 = never)
-    k_T: int = 15                 # map updates per potential update (OTS) / critic updates per map update (GAN)
-    lr_map: float = 1e-4
-    lr_potential: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    margin: int = 0               # LR px of context around each LR crop, cut from T(x) and R(x) before cost and f
-    ema: float = 0.0              # decay of an exponential moving average of the map (0 = none)
-    warmup: int = 0               # potential-only updates before the map first moves
-    noise: float = 0.0            # std of instance noise added to every input of the potential (0 = none)
-    bf16: bool = False            # bf16 autocast for forward passes (the transport cost stays fp32)
-    channels_last: bool = False   # NHWC memory format for conv nets
-    compile: bool = False         # torch.compile both networks
-    fused: bool | None = None     # fused Adam; None = when the device supports it (CUDA)
-    check_every: int = 1          # host-sync finiteness check every N steps (0 = only when asked)
-    # GAN baseline only
-    lam: float = 1.0              # weight of the content cost (the GAN's λ)
-    gp: float = 10.0              # WGAN-GP gradient penalty weight
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> SolverConfig:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown solver option(s): {', '.join(unknown)}")
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        for name in ("lr_map", "lr_potential", "ema", "lam", "gp", "noise"):
-            if name in d:  # YAML 1.1 reads `1e-4` (no dot) as a string: accept it, refuse non-numbers clearly
-                try:
-                    d[name] = float(d[name])
-                except (TypeError, ValueError):
-                    raise ConfigError(f"solver.{name} must be a number, got {d[name]!r}") from None
-        cfg = cls(**d)
-        if cfg.kind not in SOLVER_KINDS:
-            raise ConfigError(f"solver.kind must be one of {', '.join(SOLVER_KINDS)}, got {cfg.kind!r}")
-        parse_cost_spec(cfg.cost)
-        if cfg.k_T < 1:
-            raise ConfigError(f"k_T must be >= 1, got {cfg.k_T}")
-        if not (cfg.lr_map > 0 and cfg.lr_potential > 0):
-            raise ConfigError(f"learning rates must be > 0, got {cfg.lr_map}, {cfg.lr_potential}")
-        for name in ("margin", "warmup", "anchor_every"):
-            if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 0:
-                raise ConfigError(f"solver.{name} must be an integer >= 0, got {getattr(cfg, name)!r}")
-        if not cfg.noise >= 0.0:
-            raise ConfigError(f"solver.noise must be >= 0, got {cfg.noise}")
-        if not 0.0 <= cfg.ema < 1.0:
-            raise ConfigError(f"solver.ema must be in [0, 1), got {cfg.ema}")
-        return cfg
 
 
 @contextlib.contextmanager
@@ -216,7 +159,7 @@ class _Solver:
             if self.T_ema is not None:
                 self.T_ema.load_state_dict(state.get("map_ema") or state["map"])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"checkpoint does not fit these networks: {_first_line(e)}") from e
+            raise CheckpointError(f"checkpoint does not fit these networks: {one_line(e, 300)}") from e
         self.step_count = int(state["step"])
         if hasattr(self.reference, "load_state"):
             self.reference.load_state(state.get("reference", {}), self.T)
@@ -318,65 +261,8 @@ def gradient_penalty(f: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
 SOLVERS = {"ots": OTSSolver, "gan": RegularizedGAN}
 
 
-# -- checkpoints -----------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, solver: _Solver, config: dict | None = None,
-                    extra: dict | None = None) -> None:
-    """Atomic write (temp name + rename) of everything needed to resume, plus the run config."""
-    state = solver.state_dict()
-    state["config"] = config or {}
-    state["extra"] = extra or {}
-    state["rng"] = {"torch": torch.get_rng_state()}
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Tensors and plain containers only (weights_only=True)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt/unsafe files become one line
-        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
-    if not isinstance(state, dict) or "map" not in state:
-        raise CheckpointError(f"{path} is not an OTS checkpoint (no 'map' entry)")
-    return state
-
-
-def resume(solver: _Solver, path: str | os.PathLike, restore_rng: bool = True) -> dict:
-    state = load_checkpoint(path)
-    solver.load_state_dict(state)
-    if restore_rng and "rng" in state:
-        torch.set_rng_state(state["rng"]["torch"])
-    return state
-
-
-def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained map from a checkpoint, in eval mode, built from the config stored with it: the EMA of the map
-    when training kept one (that is what was validated and selected), else the map itself."""
-    from ots.models import build_map
-
-    state = load_checkpoint(path)
-    map_config = (state.get("config") or {}).get("model", {}).get("map")
-    if not map_config:
-        raise CheckpointError(f"{path} holds no map config (config.model.map)")
-    model = build_map(map_config)
-    try:
-        model.load_state_dict(state.get("map_ema") or state["map"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {_first_line(e)}") from e
-    return model.to(device).eval()
-
-
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " ".join(lines[:2])[:300] if lines else type(e).__name__
+__all__ = ["SOLVERS", "OTSSolver", "RegularizedGAN", "SolverConfig", "frozen", "gradient_penalty",
+           "load_checkpoint", "load_map", "resume", "save_checkpoint"]

@@ -1,36 +1,32 @@
-"""One way to name a storage location: a local path, ``file://...`` or ``s3://bucket/prefix``.
+"""Reading and writing objects in one storage location (local folder or S3), with one-line errors.
 
-``open_store(uri)`` returns a :class:`Store` rooted at that location. Data I/O goes through ``pyarrow.fs``;
-boto3 is used only where pyarrow lacks something (bucket existence checks and creation) and is imported
-lazily. S3 endpoint, region and credentials come from the environment (``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE``,
-``AWS_DEFAULT_REGION``) or from explicit keyword options; credentials are never logged or stored.
+Locations are named as in :mod:`ots.locations` (its names stay importable here). ``open_store(uri)`` returns a
+:class:`Store` rooted at that location. Data I/O goes through ``pyarrow.fs``; boto3 (imported lazily) only where
+pyarrow lacks something (bucket checks and creation). S3 endpoint, region and credentials come from the
+environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
+``AWS_PROFILE``, ``AWS_DEFAULT_REGION``) or from explicit options; credentials are never logged or stored.
 
 Credentials: keys are handed to pyarrow/boto3 only when the user gave them (``AWS_ACCESS_KEY_ID`` +
 ``AWS_SECRET_ACCESS_KEY`` in the environment, or ``access_key``/``secret_key`` options). Otherwise both use the
 AWS default chain themselves (profile, SSO, web identity/IRSA, container and instance roles), which refreshes
-temporary credentials before they expire -- a 100k-step run outlives any one set of role credentials, and
-the filesystem Ray pickles to its workers carries no keys.
+temporary credentials before they expire (a 100k-step run outlives any one set); pickled filesystems carry no keys.
 
 Retries: :meth:`Store.check` fails fast (one attempt, short timeouts) so a bad location stops a run at
 start; the data I/O of a store retries ``attempts`` times (default :data:`DEFAULT_ATTEMPTS`; long runs that
-write checkpoints for hours use :data:`LONG_RUN_ATTEMPTS`) with the AWS SDK's standard backoff.
-
-Every failure to use a location is a :class:`ots.errors.StorageError` whose message is one line naming
-the URI and the cause.
+write checkpoints for hours use :data:`LONG_RUN_ATTEMPTS`) with the AWS SDK's standard backoff. Every failure
+to use a location is a :class:`ots.errors.StorageError` whose message is one line naming the URI and the cause.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from ots.errors import StorageError
+from ots.atomic import atomic_path
+from ots.errors import StorageError, one_line
+from ots.locations import Location, join_uri, parse_uri, redact_uri
 
 __all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri", "DEFAULT_ATTEMPTS",
            "LONG_RUN_ATTEMPTS"]
@@ -38,67 +34,6 @@ __all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_u
 DEFAULT_ATTEMPTS = 3  # data I/O of short stages
 LONG_RUN_ATTEMPTS = 10  # checkpoint I/O of long runs: ride out throttling and transient endpoint errors
 
-# scheme://user:password@host -> scheme://user:***@host ; scheme://token@host -> scheme://***@host
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@?#:]*)(?P<pw>:[^\s/@?#]*)?@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:[^=&#\s]*(?:password|passwd|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key)"
-    r"[^=&#\s]*|sig|key))=(?P<val>[^&#\s]*)",
-    re.I,
-)
-
-
-def redact_uri(text: str) -> str:
-    """``text`` with the credentials of every URI in it masked: ``user:password@`` -> ``user:***@``, a bare
-    ``token@`` -> ``***@``, and secret-looking query values (``?password=``, ``X-Amz-Signature=``, ``token=``)
-    -> ``***``. For anything printed, stored or logged; connect with the original."""
-    if not text:
-        return text
-
-    def userinfo(m: re.Match) -> str:
-        if m.group("pw") is not None:
-            return f"{m.group('scheme')}{m.group('user')}:***@"
-        return f"{m.group('scheme')}***@"
-
-    out = _USERINFO.sub(userinfo, str(text))
-    return _SECRET_QUERY.sub(lambda m: f"{m.group('key')}=***", out)
-
-
-@dataclass(frozen=True)
-class Location:
-    scheme: str  # "file" or "s3"
-    bucket: str  # "" for local
-    path: str  # local: absolute path; s3: key prefix without leading/trailing slash
-
-    @property
-    def uri(self) -> str:
-        if self.scheme == "s3":
-            return f"s3://{self.bucket}/{self.path}".rstrip("/")
-        return self.path
-
-
-def parse_uri(uri: str | os.PathLike) -> Location:
-    """Parse a local path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Location`."""
-    s = os.fspath(uri)
-    if not s:
-        raise StorageError("empty storage location")
-    if s.startswith("s3://"):
-        rest = s[len("s3://") :]
-        bucket, _, prefix = rest.partition("/")
-        if len(bucket) < 3:
-            raise StorageError(f"{s}: bucket name must have at least 3 characters")
-        return Location("s3", bucket, prefix.strip("/"))
-    if s.startswith("file://"):
-        s = s[len("file://") :]
-    elif "://" in s:
-        raise StorageError(f"{s}: unsupported scheme (use a local path, file://... or s3://bucket/prefix)")
-    return Location("file", "", str(Path(s).expanduser().resolve()))
-
-
-def join_uri(uri: str, *parts: str) -> str:
-    loc = parse_uri(uri)
-    if loc.scheme == "s3":
-        return "/".join([loc.uri.rstrip("/"), *[p.strip("/") for p in parts]])
-    return str(Path(loc.path, *parts))
 
 
 def _s3_settings(options: dict) -> dict:
@@ -297,14 +232,10 @@ class Store:
         full = self.full(rel)
         try:
             if self.location.scheme == "file":
-                parent = os.path.dirname(full)
-                os.makedirs(parent, exist_ok=True)
-                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as f:
+                with atomic_path(full) as tmp, open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, full)
             else:
                 with self.fs.open_output_stream(full) as f:
                     f.write(data)
@@ -338,7 +269,7 @@ def _error_code_with_body(client, bucket: str) -> str:
 
 
 def _cause(e: BaseException) -> str:
-    msg = redact_uri(" ".join(str(e).split()))
+    msg = one_line(e)
     low = msg.lower()
     if "invalidaccesskeyid" in low or "invalid_access_key_id" in low or "signaturedoesnotmatch" in low \
             or "signature_does_not_match" in low:

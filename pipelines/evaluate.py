@@ -16,11 +16,11 @@ shares with ``register`` is :mod:`pipelines.run_record`.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
 from pipelines.common import section, stage_main
+from pipelines.models import load_map
 from pipelines.run_record import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
 
 DEFAULTS = {
@@ -53,8 +53,8 @@ DEFAULTS = {
 def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     from ots.data import read_val_pairs
     from ots.errors import ConfigError
-    from ots.evaluate import load_model as load_any
-    from ots.evaluate import markdown_table, score_outputs, upscale_pairs, write_report
+    from ots.eval_report import markdown_table, write_report
+    from ots.evaluate import score_outputs, upscale_pairs
     from ots.infer import resolve_device
 
     p = section(doc, "evaluate", DEFAULTS, params_path)
@@ -77,13 +77,12 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     if p["max_images"]:
         pairs = pairs[: int(p["max_images"])]
     device = resolve_device(p["device"])
-    maps = {"ots": load_any(str(ckpt), device)}
+    maps = {"ots": load_map(str(ckpt), device)}  # files, storage URIs or registry sources (pipelines.models)
     if gan_ckpt:
-        maps["gan"] = load_any(str(gan_ckpt), device)
+        maps["gan"] = load_map(str(gan_ckpt), device)
     tile = int(p["tile"]) or None
-    shown = {"progress": bool(p["progress"])} if "progress" in inspect.signature(upscale_pairs).parameters else {}
     outputs = upscale_pairs(pairs, maps, tile=tile, overlap=int(p["overlap"]), device=device,
-                            precision=p["precision"], **shown)  # merge note: pass progress= once ots has it
+                            precision=p["precision"], progress=bool(p["progress"]))
     results = score_outputs(pairs, outputs, lpips_weights=p["lpips_weights"], lpips_net=p["lpips_net"],
                             inception_weights=p["inception_weights"], device=device, fid_crop=int(p["fid_crop"]),
                             crop_border=int(p["crop_border"]), y_channel=bool(p["test_y_channel"]),

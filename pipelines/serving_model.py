@@ -3,6 +3,6 @@ so loading a registry entry unpickles no code. Settings (tile, limits, device) c
 
 import mlflow
 
-from pipelines.serving import OTSUpscaler
+from pipelines.serving_pyfunc import OTSUpscaler
 
 mlflow.models.set_model(OTSUpscaler())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ots.data.shards import ShardConfig, build_shards, open_dataset
-from ots.data.sources import decode_image, scan_aim19
+from ots.data.sources import decode_rgb8, scan_aim19
 from ots.errors import DataError
 from ots.imageio import decode_image as decode_any
 from ots.imageio import to_rgb8
@@ -64,7 +64,7 @@ def test_16bit_png_every_kind_is_rescaled_not_clipped(c):
     png = encode_png(a)
     raw = decode_any(png, "x.png")
     assert raw.dtype == np.uint16 and np.array_equal(raw, a)  # one decoder, lossless
-    rgb = decode_image(png, "x.png")  # the data layer's uint8 RGB
+    rgb = decode_rgb8(png, "x.png")  # the data layer's uint8 RGB
     assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
     expect = np.round(a[:, :, : 3 if c >= 3 else 1].astype(np.float64) * 255 / 65535)
     expect = np.repeat(expect, 3, axis=2) if c < 3 else expect
@@ -89,7 +89,7 @@ def test_upscale_and_data_layer_share_the_decoder(tmp_path):
     p = tmp_path / "a.png"
     p.write_bytes(encode_png(a))
     assert np.array_equal(read_image(p), a)
-    assert np.array_equal(to_rgb8(read_image(p)), decode_image(p.read_bytes()))
+    assert np.array_equal(to_rgb8(read_image(p)), decode_rgb8(p.read_bytes()))
 
 
 # --------------------------------------------------------------------------------------------- bombs
@@ -107,7 +107,7 @@ def bomb_png(w: int, h: int) -> bytes:
 def test_bomb_is_one_line_and_skippable(aim19_dir, tiny_cfg, tmp_path):
     (aim19_dir / "train_clean" / "bomb.png").write_bytes(bomb_png(20000, 20000))
     with pytest.raises(DataError) as e:
-        decode_image(bomb_png(20000, 20000), "bomb.png")
+        decode_rgb8(bomb_png(20000, 20000), "bomb.png")
     assert "too large" in str(e.value) and "\n" not in str(e.value)
     src = scan_aim19(aim19_dir, hr_min=64, lr_min=16)
     assert [r for r, _ in src.invalid] == ["train_clean/bomb.png"]

@@ -8,7 +8,7 @@ import yaml
 
 from ots.data.demo import build_demo
 from ots.data.shards import open_dataset
-from ots.data.sources import load_image, scan_aim19
+from ots.data.sources import load_rgb8, scan_aim19
 from ots.errors import DataError
 
 
@@ -56,20 +56,20 @@ def test_demo_domains_share_photos_but_no_pixels(demo_dir):
         for k, (y0, y1, x0, x1) in enumerate(r["hr"]):
             assert not owner[y0:y1, x0:x1].any(), f"{name}: cells overlap"
             owner[y0:y1, x0:x1] = 1
-            assert load_image(demo_dir / "train_clean" / name / f"{k:03d}.png").shape[:2] == (y1 - y0, x1 - x0)
+            assert load_rgb8(demo_dir / "train_clean" / name / f"{k:03d}.png").shape[:2] == (y1 - y0, x1 - x0)
         for k, (y0, y1, x0, x1) in enumerate(r["lr"]):
             assert not owner[y0:y1, x0:x1].any(), f"{name}: cells overlap"
             owner[y0:y1, x0:x1] = 2
-            lr_img = load_image(demo_dir / "train_noisy" / name / f"{k:03d}.png")
+            lr_img = load_rgb8(demo_dir / "train_noisy" / name / f"{k:03d}.png")
             assert lr_img.shape[:2] == ((y1 - y0) // 4, (x1 - x0) // 4)
         assert (owner > 0).all() and (owner == 1).any() and (owner == 2).any()
-        photo = load_image(photos[name])
+        photo = load_rgb8(photos[name])
         if max(photo.shape[:2]) > 1024:
             continue  # resized before the split: compare content only for photos kept at full size
         y0, y1, x0, x1 = r["hr"][0]
-        assert np.array_equal(load_image(demo_dir / "train_clean" / name / "000.png"), photo[y0:y1, x0:x1])
+        assert np.array_equal(load_rgb8(demo_dir / "train_clean" / name / "000.png"), photo[y0:y1, x0:x1])
         y0, y1, x0, x1 = r["lr"][0]  # the LR cell is a degraded copy of its own region
-        lr_img = load_image(demo_dir / "train_noisy" / name / "000.png")
+        lr_img = load_rgb8(demo_dir / "train_noisy" / name / "000.png")
         own = np.asarray(Image.fromarray(photo[y0:y1, x0:x1]).resize(lr_img.shape[1::-1], Image.BICUBIC))
         assert np.corrcoef(own.ravel().astype(float), lr_img.ravel().astype(float))[0, 1] > 0.5
 
@@ -90,7 +90,7 @@ def test_demo_from_user_photos(tmp_path):
     meta = build_demo(tmp_path / "out", photos=tmp_path / "photos", seed=0, progress=False)
     assert len(meta["hr"]) + len(meta["val"]) == 4 and {k.split("/")[0] for k in meta["lr"]} == set(meta["hr"])
     lr_name = next(iter(meta["lr"]))  # 160x200 in 128-px cells: 1 x 2 cells of 160 x 100 -> LR 40 x 25
-    assert load_image(tmp_path / "out" / "train_noisy" / f"{lr_name}.png").shape == (40, 25, 3)
+    assert load_rgb8(tmp_path / "out" / "train_noisy" / f"{lr_name}.png").shape == (40, 25, 3)
     with pytest.raises(DataError, match="at least 3 photos"):
         build_demo(tmp_path / "none", photos=tmp_path / "empty", progress=False)
 

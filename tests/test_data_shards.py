@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ots.data.shards import build_shards, open_dataset, read_val_pairs
-from ots.data.sources import load_image, scan_aim19
+from ots.data.sources import load_rgb8, scan_aim19
 from ots.errors import DataError
 
 
@@ -34,7 +34,7 @@ def test_build_read_and_idempotent(aim19_dir, tiny_cfg, tmp_path):
     tiles = [t for s in ds.shards("train", "hr") for t in ds.tiles(s["name"])]
     assert len(tiles) == m["counts"]["train/hr/tiles"] and all(t.shape[0] <= 96 for t in tiles)
     # tiles are exact copies of the source pixels
-    src = load_image(aim19_dir / "train_clean" / "0001.png")
+    src = load_rgb8(aim19_dir / "train_clean" / "0001.png")
     t0 = ds.read_shard(ds.shards("train", "hr")[0]["name"]).to_pylist()[0]
     assert t0["source"] == "train_clean/0001.png"
     y, x = t0["tile_y"], t0["tile_x"]
@@ -43,7 +43,7 @@ def test_build_read_and_idempotent(aim19_dir, tiny_cfg, tmp_path):
     assert [p[0] for p in pairs] == ["0801", "0802"]
     name, lr, hr = pairs[0]
     assert lr.shape == (32, 32, 3) and hr.shape == (128, 128, 3)  # modcrop of 130x131, lossless
-    assert np.array_equal(hr, load_image(aim19_dir / "val_hr" / "0801.png")[:128, :128])
+    assert np.array_equal(hr, load_rgb8(aim19_dir / "val_hr" / "0801.png")[:128, :128])
     before = files_of(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     m2, written2 = build_shards(aim19_dir, str(out), cfg=tiny_cfg, progress=False)

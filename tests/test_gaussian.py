@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from ots import gaussian
+from ots.bench import gaussian
+from ots.bench.gaussian import benchmark, plan
 from ots.cli import main
 from ots.gaussian import (
     GaussianPair,
     GaussianRun,
-    benchmark,
+    _eval_samples,
     bures_wasserstein2,
     evaluate_map,
-    plan,
+    ot_displacement,
     stream_seed,
 )
 
@@ -54,7 +55,7 @@ def test_evaluation_samples_never_come_from_a_training_stream():
     pair = GaussianPair.random(3, seed=0)
     g = torch.Generator().manual_seed(stream_seed(7, "train"))
     first_train_batch = pair.sampler("P", 64, g)()
-    x_eval, _ = gaussian._eval_samples(pair, 64, seed=7)
+    x_eval, _ = _eval_samples(pair, 64, seed=7)
     assert not torch.allclose(first_train_batch.double(), x_eval, atol=1e-3)
 
 
@@ -98,7 +99,7 @@ def test_seeds_are_aggregated_ratios_computed_and_finished_runs_resumed(tmp_path
     assert gan1["ratio_bw2_uvp"] == pytest.approx(56 / 1.5) and gan1["worse_by"] == pytest.approx(111 / 2)
     assert gan1["worse_by_conservative"] == pytest.approx(110 / 3)  # GAN's best seed against OTS's worst
     assert res["closest_gan_row"] in ("gan lam=0", "gan lam=0 equal-map")
-    disp = gaussian.ot_displacement(GaussianPair.random(3, seed=0), n=2000)
+    disp = ot_displacement(GaussianPair.random(3, seed=0), n=2000)
     assert gan1["beyond_cap"] == pytest.approx(np.mean(disp > 1.0)) and res["rows"]["gan lam=0"]["beyond_cap"] == 0
     # A different config starts afresh instead of mixing results.
     calls.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
 import numpy as np
@@ -210,3 +211,28 @@ def test_cli_upscale_from_a_real_checkpoint(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     out = read_image(tmp_path / "out" / "a_x2.png")
     assert np.array_equal(out, upscale_array(model, read_image(src / "a.png"), tile=None))
+
+
+def test_cli_upscale_from_an_s3_checkpoint(tmp_path, s3_env, capsys):
+    """`--model` takes storage URIs (s3:// on a loopback moto server); a missing object is one line."""
+    import uuid
+
+    from ots.models.edsr import EDSR
+
+    torch.manual_seed(0)
+    cfg = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 2}
+    model = EDSR(**{k: v for k, v in cfg.items() if k != "arch"})
+    buf = io.BytesIO()
+    torch.save({"map": model.state_dict(), "map_config": cfg}, buf)
+    bucket = f"ots-{uuid.uuid4().hex[:8]}"
+    s3_env.create_bucket(Bucket=bucket)
+    s3_env.put_object(Bucket=bucket, Key="maps/map.pt", Body=buf.getvalue())
+    write_image(tmp_path / "a.png", _rand_image(12, 10, 3))
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--model",
+                 f"s3://{bucket}/maps/map.pt", "--tile", "0", "--no-progress"]) == 0
+    assert np.array_equal(read_image(tmp_path / "o.png"), upscale_array(model, _rand_image(12, 10, 3), tile=None))
+    capsys.readouterr()
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "p.png"), "--model",
+                 f"s3://{bucket}/maps/none.pt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ots: error: checkpoint not readable: ") and "none.pt" in err and err.count("\n") == 1

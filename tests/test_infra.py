@@ -62,7 +62,7 @@ def test_pyproject_metadata_and_bounds():
     assert proj["license"] == "MIT"  # SPDX expression (PEP 639)
     floor = re.match(r"setuptools>=(\d+)", PYPROJECT["build-system"]["requires"][0])
     assert floor and int(floor.group(1)) >= 77  # the first setuptools that reads license expressions
-    reqs = {r.name: r for r in _requirements()}
+    reqs = {r.name: r for r in _requirements(("pipeline",))}
     assert not any(s.operator == "<=" for r in reqs.values() for s in r.specifier)  # no cap on a patch release
     assert {"train", "tune", "default"} <= reqs["ray"].extras  # default: the job server of `ray job submit`
     major, minor = (int(x) for x in metadata.version("ray").split(".")[:2])
@@ -75,11 +75,11 @@ def test_pyproject_metadata_and_bounds():
 
 
 def test_direct_imports_are_declared():
-    declared = {r.name.lower() for r in _requirements(("dev", "export"))}
+    declared = {r.name.lower() for r in _requirements(("dev", "export", "s3", "perceptual", "pipeline"))}
     code = _top_level_imports([*ROOT.glob("ots/**/*.py"), *ROOT.glob("pipelines/**/*.py")])
     tests = _top_level_imports(ROOT.glob("tests/*.py"))
     stdlib = set(sys.stdlib_module_names) | {"ots", "pipelines", "conftest", "test_serving", "test_data_hardening",
-                                             "__future__"}
+                                             "test_infer", "__future__"}
     for name in sorted((code | tests) - stdlib):
         assert name in DISTS, f"{name} is imported but not mapped to a distribution in this test"
         assert DISTS[name] in declared, f"{name} ({DISTS[name]}) is imported but not declared in pyproject.toml"
@@ -88,7 +88,7 @@ def test_direct_imports_are_declared():
 # -- the lock -------------------------------------------------------------------------------------------------
 def test_lock_pins_every_requirement_within_its_bounds_and_the_tested_versions():
     pins = _locked()
-    for r in _requirements(("dev", "export")):
+    for r in _requirements(("dev", "export", "s3", "perceptual", "pipeline")):
         name = r.name.lower()
         assert name in pins, f"{name} is not in requirements.lock (run `make lock`)"
         assert r.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} violates {r}"

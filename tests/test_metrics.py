@@ -16,6 +16,7 @@ from ots.metrics import (
     build_inception,
     build_lpips,
     evaluate,
+    fid_crops,
     fid_from_features,
     frechet_distance,
     inception_features,
@@ -23,7 +24,6 @@ from ots.metrics import (
     lpips_distance,
     psnr,
     psnr_batch,
-    random_crops,
     ssim,
     ssim_batch,
     swd,
@@ -177,7 +177,7 @@ def test_inception_random_features_and_bad_file(tmp_path):
 def _crops(images, n, size, seed):
     g = torch.Generator().manual_seed(seed)
     ts = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images]
-    return random_crops(ts, size, n, g)
+    return fid_crops(ts, size, n, g)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import mlflow  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from ots.infer import encode_png, upscale_array  # noqa: E402
-from pipelines import serving  # noqa: E402
+from pipelines import models, serving  # noqa: E402
 
 MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
 POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}
@@ -153,20 +153,23 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     client.set_registered_model_alias(name, "champion", mv.version)
     uri = f"models:/{name}@champion"
 
-    # the loader behind `ots upscale --checkpoint <uri>`: registry alias, run id, runs:/ checkpoint
+    # the pipelines' loader (registry alias, run id), then `ots upscale` on the file `pipelines.models fetch` wrote
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     ref = direct_model(x)
     for source in (uri, run.info.run_id):
-        torch.testing.assert_close(serving.load_map_from_uri(source)(x), ref)
+        torch.testing.assert_close(models.load_map(source)(x), ref)
     from ots.cli import main as ots_main
     from ots.infer import read_image, write_image
 
     src = write_image(tmp_path / "in.png", astronaut())
-    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "up.png"), "--model", uri, "--tile", str(TILE),
-                     "--overlap", str(OVERLAP), "--device", "cpu", "--no-progress"]) == 0
+    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", uri]) == 2  # files only
+    assert models.main(["fetch", uri, "-o", str(tmp_path / "map.pt")]) == 0
+    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "up.png"), "--model", str(tmp_path / "map.pt"),
+                     "--tile", str(TILE), "--overlap", str(OVERLAP), "--device", "cpu", "--no-progress"]) == 0
     np.testing.assert_array_equal(read_image(tmp_path / "up.png"),
                                   upscale_array(direct_model, astronaut(), tile=TILE, overlap=OVERLAP, device="cpu"))
-    assert ots_main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", f"models:/{name}@nope"]) == 2
+    assert models.main(["fetch", f"models:/{name}@nope", "-o", str(tmp_path / "y.pt")]) == 2
+    assert not (tmp_path / "y.pt").exists()
 
     port = free_port()
     venv_bin = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
@@ -244,4 +247,4 @@ def test_run_id_resolves_to_its_logged_model_from_another_experiment(checkpoint,
         info = serving.log_pyfunc_model(checkpoint, device="cpu")
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoints")  # the fallback would find this one
     mlflow.set_experiment(f"serving-b-{uuid.uuid4().hex[:8]}")  # resolving from elsewhere
-    assert serving._run_model_uri(run.info.run_id) == f"models:/{info.model_id}"
+    assert models._run_model_uri(run.info.run_id) == f"models:/{info.model_id}"

@@ -232,7 +232,7 @@ def test_pyfunc_model_bounds_under_mlflow_serve(monkeypatch, tmp_path):
     from mlflow.exceptions import MlflowException
     from test_serving import make_checkpoint
 
-    from pipelines import serving
+    from pipelines import serving_pyfunc as serving
 
     ckpt = make_checkpoint(tmp_path / "map.pt")
 

@@ -179,3 +179,21 @@ def test_bad_checkpoint_files(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an OTS checkpoint"):
         load_map(tmp_path / "other.pt")
+
+
+def test_checkpoint_stores_the_map_config_and_old_checkpoints_still_load(tmp_path):
+    from ots.checkpoint import load_checkpoint
+
+    s = make_solver()
+    save_checkpoint(tmp_path / "new.pt", s, {"model": {"map": MAP}, "seed": 3})
+    state = load_checkpoint(tmp_path / "new.pt")
+    assert state["map_config"] == MAP and state["config"]["seed"] == 3
+    save_checkpoint(tmp_path / "explicit.pt", s, {}, map_config=MAP)  # no params layout needed at all
+    old = {k: v for k, v in state.items() if k != "map_config"}  # the format before map_config
+    torch.save(old, tmp_path / "old.pt")
+    x = torch.rand(1, 3, 4, 4) * 2 - 1
+    ref = load_map(tmp_path / "new.pt")(x)
+    for name in ("explicit.pt", "old.pt"):
+        torch.testing.assert_close(load_map(tmp_path / name)(x), ref)
+    torch.testing.assert_close(load_map(f"file://{tmp_path / 'new.pt'}")(x), ref)  # a storage URI
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file

@@ -10,26 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from test_data_hardening import bomb_png
-from torch import nn
+from test_infer import Nearest
 
 import ots.infer as infer
 from ots.cli import COMMANDS, build_parser, main
 from ots.infer import estimate_memory, read_image, write_image
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Nearest(nn.Module):
-    def __init__(self, scale: int = 2):
-        super().__init__()
-        self.scale = scale
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        return F.interpolate(x, scale_factor=self.scale, mode="nearest") + self.dummy
 
 
 def _img(h=8, w=10, c=3, seed=0):

@@ -4,12 +4,11 @@
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from ots import gaussian
-    from ots.bench import env, infer, report, train
+    from ots.bench import env, gaussian, infer, report, train_cli
     from ots.data import bench as data_bench
 
     gaussian.add_bench_command(bsub)
-    train.add_bench_command(bsub)
+    train_cli.add_bench_command(bsub)
     data_bench.add_bench_command(bsub)
     infer.add_bench_command(bsub)
     env.add_bench_command(bsub)

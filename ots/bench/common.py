@@ -6,9 +6,11 @@ import json
 import os
 import platform
 import resource
-from pathlib import Path
 
 import torch
+
+from ots.atomic import write_text  # noqa: F401 - the benchmarks import it from here
+from ots.errors import one_line
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets. Keys are matched as
 # substrings of torch.cuda.get_device_name(); the longest match wins ("H100 PCIe" before "H100").
@@ -63,27 +65,14 @@ def peak_memory(device: torch.device) -> dict:
 
 def first_line(e: BaseException) -> str:
     """An exception as one short line (type and first line of its message) for a JSON field."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {one_line(lines[0], 300)}" if lines else type(e).__name__
 
 
 def write_json(path: str | os.PathLike | None, obj) -> None:
-    """Atomic write (temp name + rename): a reader, or a run killed by `timeout`, never sees half a file."""
-    if not path:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Atomic write (:mod:`ots.atomic`): a reader, or a run killed by `timeout`, never sees half a file."""
+    if path:
+        write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def profile(fn, device: torch.device, steps: int, top: int = 15) -> tuple[list[dict], str]:

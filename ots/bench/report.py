@@ -42,15 +42,29 @@ def _env(d: Path) -> list[str]:
             f"nvidia-smi: {(env.get('nvidia_smi_query') or 'not found').splitlines()[-1]}"]
 
 
-def _train(d: Path) -> tuple[list[str], list[dict]]:
-    lines = ["| file | loop | batch | precision | compile | map steps/s | HR crops/s | % of bf16 peak "
-             "(counted / 140 GFLOP) | peak MB | note |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = []
-    for name in TRAIN_FILES:
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _header(*columns: str) -> list[str]:
+    return [_row(*columns), "|" + "---|" * len(columns)]
+
+
+def _loaded(d: Path, names, lines: list[str]):
+    """(name, result) of each benchmark JSON present; a "missing" table row for each absent one."""
+    for name in names:
         r = _load(d / name)
         if r is None:
-            lines.append(f"| {name} | missing | | | | | | | | |")
-            continue
+            lines.append(f"| {name} | missing |" + " |" * (lines[0].count("|") - 3))
+        else:
+            yield name, r
+
+
+def _train(d: Path) -> tuple[list[str], list[dict]]:
+    lines = _header("file", "loop", "batch", "precision", "compile", "map steps/s", "HR crops/s",
+                    "% of bf16 peak (counted / 140 GFLOP)", "peak MB", "note")
+    rows = []
+    for name, r in _loaded(d, TRAIN_FILES, lines):
         for run in r.get("runs", []):
             ok = run.get("status") == "ok"
             frac = [run.get(f"fraction_of_bf16_peak_{k}") for k in ("counted", "issue_140gflop")]
@@ -58,10 +72,9 @@ def _train(d: Path) -> tuple[list[str], list[dict]]:
             note = run.get("error", "") if not ok else "; ".join(x for x in (
                 f"fallback for {run['fallback_for']}" if run.get("fallback_for") else "",
                 f"{run['cudagraph_skips']} CUDA-graph skips" if run.get("cudagraph_skips") else "") if x)
-            lines.append(f"| {name} | {run['loop']} | {run['batch']} | {'bf16' if run['bf16'] else 'fp32'} | "
-                         f"{run['compile']} | {_fmt(run.get('map_steps_per_s'), '.2f')} | "
-                         f"{_fmt(run.get('hr_crops_per_s'))} | {pct if ok else '—'} | "
-                         f"{_fmt(run.get('peak_memory_mb'), '.0f')} | {note} |")
+            lines.append(_row(name, run["loop"], run["batch"], "bf16" if run["bf16"] else "fp32", run["compile"],
+                              _fmt(run.get("map_steps_per_s"), ".2f"), _fmt(run.get("hr_crops_per_s")),
+                              pct if ok else "—", _fmt(run.get("peak_memory_mb"), ".0f"), note))
             rows.append({"file": name, **{k: v for k, v in run.items() if k != "profile"}})
         if "speedup_hr_crops_per_s" in r:
             lines.append(f"| {name} | fast / reference | | | | | **{r['speedup_hr_crops_per_s']:.2f}×** | | | |")
@@ -71,14 +84,10 @@ def _train(d: Path) -> tuple[list[str], list[dict]]:
 
 
 def _infer(d: Path) -> tuple[list[str], list[dict]]:
-    lines = ["| file | input → output | precision | compile | tiling | output MP/s (network alone) | vs untiled | "
-             "peak MB | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = _header("file", "input → output", "precision", "compile", "tiling", "output MP/s (network alone)",
+                    "vs untiled", "peak MB", "note")
     rows = []
-    for name in INFER_FILES:
-        r = _load(d / name)
-        if r is None:
-            lines.append(f"| {name} | missing | | | | | | | |")
-            continue
+    for name, r in _loaded(d, INFER_FILES, lines):
         for x in r.get("results", []):
             s = x["input"][0]
             out = x.get("output", [s * r.get("model", {}).get("scale", 4)] * 2)
@@ -87,9 +96,9 @@ def _infer(d: Path) -> tuple[list[str], list[dict]]:
                 f"{_fmt(x.get('pixels_processed_ratio'), '.2f')}× px")
             rel = x.get("relative_to_untiled")
             alone = f" ({x['model_only_mp_per_s']:.1f})" if x.get("model_only_mp_per_s") else ""
-            lines.append(f"| {name} | {s}² → {out[0]}² | {x['precision']} | {x['compile']} | {tiling} | "
-                         f"{_fmt(x.get('output_mp_per_s'))}{alone} | {_fmt(100 * rel, '.0f') + '%' if rel else '—'} | "
-                         f"{_fmt(x.get('peak_memory_mb'), '.0f')} | {x.get('error', '')} |")
+            lines.append(_row(name, f"{s}² → {out[0]}²", x["precision"], x["compile"], tiling,
+                              _fmt(x.get("output_mp_per_s")) + alone, _fmt(100 * rel, ".0f") + "%" if rel else "—",
+                              _fmt(x.get("peak_memory_mb"), ".0f"), x.get("error", "")))
             rows.append({"file": name, **x})
         if r.get("running"):
             lines.append(f"| {name} | cut short while running {r['running']} | | | | | | | |")

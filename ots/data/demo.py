@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ots.data.sources import IMAGE_EXTS, SCALE, decode_image, list_files
+from ots.data.sources import IMAGE_EXTS, SCALE, decode_rgb8, list_files
 from ots.errors import DataError
 
 DEMO_PHOTOS = (
@@ -102,7 +102,7 @@ def degrade(img: np.ndarray, rng: np.random.Generator, scale: int = SCALE) -> tu
     buf = io.BytesIO()
     Image.fromarray(lr8).save(buf, format="JPEG", quality=q)
     params.update(jpeg_quality=q, scale=scale)
-    return decode_image(buf.getvalue(), "jpeg"), params
+    return decode_rgb8(buf.getvalue(), "jpeg"), params
 
 
 SPLITS = ("regions", "photos")
@@ -192,7 +192,7 @@ def build_demo(
         jobs = tqdm(jobs, desc="demo", unit="img", disable=None)
     for kind, i in jobs:
         p = files[i]
-        img = decode_image(p.read_bytes(), str(p))
+        img = decode_rgb8(p.read_bytes(), str(p))
         if max(img.shape[:2]) > max_side:
             f = max_side / max(img.shape[:2])
             size = (round(img.shape[1] * f), round(img.shape[0] * f))

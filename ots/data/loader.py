@@ -17,8 +17,6 @@ Tiles are decoded once per process (cached), so cropping is a memory copy.
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -166,7 +164,3 @@ class CropStream(IterableDataset):
             if k in state and state[k] != getattr(self, k):
                 raise DataError(f"cannot resume stream: {k} is {getattr(self, k)!r}, state has {state[k]!r}")
         self.start_batch = self.next_batch = int(state["next_batch"])
-
-
-def stable_seed(*parts) -> int:
-    return zlib.crc32(repr(parts).encode())

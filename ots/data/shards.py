@@ -1,4 +1,4 @@
-"""Parquet shards of image tiles in any storage location (local folder or ``s3://``), committed by a manifest.
+"""Writing Parquet shards of image tiles to any storage location (local folder or ``s3://``), committed by a manifest.
 
 Layout under the dataset URI::
 
@@ -16,12 +16,11 @@ the commit, files not listed in the manifest are removed. Rerunning on the same 
 byte-identical shards and manifest and skips the work only when the manifest already matches *and* every shard
 still has its recorded sha256 (a damaged shard is rewritten by the rerun). A shard holds at most ``shard_bytes``
 raw pixel bytes -- a huge image's tiles span several shards -- unless one row alone is larger (a whole
-validation image cannot be split).
+validation image cannot be split). Reading is :mod:`ots.data.shard_reader` (its names stay importable here).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -32,27 +31,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ots.data.shard_reader import (  # noqa: F401 - the reader's names stay importable from here
+    FORMAT,
+    MANIFEST,
+    SCHEMA,
+    SHARD_DIR,
+    Dataset,
+    open_dataset,
+    read_manifest,
+    read_val_pairs,
+    sha256,
+    table_images,
+)
 from ots.errors import DataError, StorageError
 from ots.storage import Store, open_store
-
-FORMAT = "ots-shards/1"
-MANIFEST = "manifest.json"
-SHARD_DIR = "shards"
-
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("split", pa.string()),
-        ("domain", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("channels", pa.int8()),
-        ("tile_y", pa.int32()),
-        ("tile_x", pa.int32()),
-        ("source", pa.string()),
-        ("pixels", pa.binary()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -74,7 +66,7 @@ class ShardConfig:
         return self
 
 
-def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+def tile_origins(length: int, tile: int, overlap: float) -> list[int]:
     """Evenly spread tile origins covering [0, length) with at least ``overlap`` shared between tiles."""
     if length <= tile:
         return [0]
@@ -89,8 +81,8 @@ def _rows_for_image(img: np.ndarray, rel: str, name: str, split: str, domain: st
     if tile is None:
         yield (name, split, domain, h, w, 0, 0, rel, np.ascontiguousarray(img))
         return
-    for y in tile_starts(h, tile, overlap):
-        for x in tile_starts(w, tile, overlap):
+    for y in tile_origins(h, tile, overlap):
+        for x in tile_origins(w, tile, overlap):
             t = np.ascontiguousarray(img[y : y + tile, x : x + tile])
             yield (f"{name}@{y},{x}", split, domain, t.shape[0], t.shape[1], y, x, rel, t)
 
@@ -126,24 +118,12 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def read_manifest(store: Store) -> dict:
-    if not store.exists(MANIFEST):
-        raise DataError(f"{store.uri}: not a dataset (no {MANIFEST}; an unfinished write leaves none)")
-    try:
-        m = json.loads(store.read_bytes(MANIFEST))
-    except ValueError as e:
-        raise DataError(f"{store.uri_of(MANIFEST)}: corrupt manifest ({e})") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("shards"), list):
-        raise DataError(f"{store.uri_of(MANIFEST)}: not an {FORMAT} manifest")
-    return m
 
 
 def build_shards(
@@ -161,7 +141,7 @@ def build_shards(
     ``extra`` (e.g. degradation parameters) is stored in the manifest. Bad input raises DataError listing
     every bad file, before anything is written, unless ``skip_invalid``.
     """
-    from ots.data.sources import decode_image, scan_aim19
+    from ots.data.sources import decode_rgb8, scan_aim19
 
     cfg = (cfg or ShardConfig()).validate()
     src = scan_aim19(source_dir, hr_min=cfg.hr_crop, lr_min=cfg.lr_crop, progress=progress)
@@ -214,14 +194,14 @@ def build_shards(
         for item, name in items:
             if split == "val":
                 _, lr, hr = item
-                lr_img = decode_image(lr.path.read_bytes(), lr.rel)
+                lr_img = decode_rgb8(lr.path.read_bytes(), lr.rel)
                 lh, lw = lr_img.shape[:2]
-                hr_img = decode_image(hr.path.read_bytes(), hr.rel)[: lh * 4, : lw * 4]  # modcrop
+                hr_img = decode_rgb8(hr.path.read_bytes(), hr.rel)[: lh * 4, : lw * 4]  # modcrop
                 new = itertools.chain(_rows_for_image(lr_img, lr.rel, name, "val", "lr", None, 0),
                                       _rows_for_image(hr_img, hr.rel, name, "val", "hr", None, 0))
                 counts["val/pairs"] = counts.get("val/pairs", 0) + 1
             else:
-                img = decode_image(item.path.read_bytes(), item.rel)
+                img = decode_rgb8(item.path.read_bytes(), item.rel)
                 new = _rows_for_image(img, item.rel, name, split, domain, tile, cfg.overlap)
                 counts[f"{split}/{domain}/images"] = counts.get(f"{split}/{domain}/images", 0) + 1
             for row in new:  # shard_bytes holds within an image too: a huge image spans several shards
@@ -260,82 +240,6 @@ def _shards_intact(store: Store, manifest: dict) -> bool:
         return False
 
 
-class Dataset:
-    """A committed shard dataset. Every shard read is checked against its sha256 from the manifest."""
-
-    def __init__(self, store: Store, manifest: dict):
-        self.store = store
-        self.uri = store.uri
-        self.manifest = manifest
-
-    def shards(self, split: str | None = None, domain: str | None = None) -> list[dict]:
-        return [
-            s
-            for s in self.manifest["shards"]
-            if (split is None or s["split"] == split) and (domain is None or s["domain"] == domain)
-        ]
-
-    def read_shard_bytes(self, name: str) -> bytes:
-        entry = next((s for s in self.manifest["shards"] if s["name"] == name), None)
-        if entry is None:
-            raise DataError(f"{self.store.uri_of(name)}: shard is not listed in the manifest")
-        try:
-            data = self.store.read_bytes(name)
-        except StorageError as e:
-            raise DataError(f"{self.store.uri_of(name)}: shard listed in the manifest is unreadable ({e})") from e
-        if sha256(data) != entry["sha256"]:
-            raise DataError(f"{self.store.uri_of(name)}: checksum mismatch (shard is corrupt or was modified)")
-        return data
-
-    def read_shard(self, name: str) -> pa.Table:
-        return pq.read_table(pa.BufferReader(self.read_shard_bytes(name)))
-
-    def verify(self) -> None:
-        for s in self.manifest["shards"]:
-            self.read_shard_bytes(s["name"])
-
-    def tiles(self, name: str) -> list[np.ndarray]:
-        """Decoded HWC uint8 tiles of one shard (zero-copy views of the shard's buffer)."""
-        return table_images(self.read_shard(name))
-
-    def val_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        lr: dict[str, np.ndarray] = {}
-        hr: dict[str, np.ndarray] = {}
-        for s in self.shards("val"):
-            t = self.read_shard(s["name"])
-            for i, d, img in zip(t.column("id").to_pylist(), t.column("domain").to_pylist(), table_images(t)):
-                (lr if d == "lr" else hr)[i] = img
-        return [(n, lr[n], hr[n]) for n in sorted(lr) if n in hr]
-
-
-def table_images(t: pa.Table) -> list[np.ndarray]:
-    hs = t.column("height").to_numpy()
-    ws = t.column("width").to_numpy()
-    cs = t.column("channels").to_numpy()
-    px = t.column("pixels").combine_chunks()
-    offsets = np.frombuffer(px.buffers()[1], dtype=np.int32)[px.offset : px.offset + len(px) + 1]
-    buf = np.frombuffer(px.buffers()[2], dtype=np.uint8)
-    out = []
-    for i in range(t.num_rows):
-        a = buf[offsets[i] : offsets[i + 1]]
-        if a.size != hs[i] * ws[i] * cs[i]:
-            raise DataError(f"row {i}: pixel buffer has {a.size} bytes, expected {hs[i]}x{ws[i]}x{cs[i]}")
-        out.append(a.reshape(int(hs[i]), int(ws[i]), int(cs[i])))
-    return out
-
-
-def open_dataset(uri: str, verify: bool = True, storage_options: dict | None = None) -> Dataset:
-    """Open a committed dataset: validates the manifest and (with ``verify``) every shard's checksum."""
-    store = open_store(uri, **(storage_options or {}))
-    ds = Dataset(store, read_manifest(store))
-    if verify:
-        ds.verify()
-    return ds
-
-
-def read_val_pairs(uri: str, storage_options: dict | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Validation pairs ``[(name, lr_uint8_HWC, hr_uint8_HWC)]``, sorted by name."""
-    return open_dataset(uri, verify=False, storage_options=storage_options).val_pairs()
 
 
 def prepare_dataset(

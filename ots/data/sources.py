@@ -22,14 +22,14 @@ FOLDERS = {"hr": "train_clean", "lr": "train_noisy", "val_hr": "val_hr", "val_lr
 SCALE = 4
 
 
-def decode_image(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_rgb8(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode bytes to a uint8 HxWx3 RGB array (:mod:`ots.imageio`: 16 bit rescaled, never clipped; gray
     replicated; alpha dropped); raises DataError with the reason on bad input, decompression bombs included."""
     return to_rgb8(_decode(data, what, max_pixels=max_pixels))
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    return decode_image(Path(path).read_bytes(), str(path))
+def load_rgb8(path: str | Path) -> np.ndarray:
+    return decode_rgb8(Path(path).read_bytes(), str(path))
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -100,7 +100,7 @@ def scan_aim19(root: str | Path, hr_min: int = 128, lr_min: int = 32, progress: 
             src.invalid.append((rel, f"not an image (extension {p.suffix or 'none'!r})"))
             continue
         try:
-            arr = decode_image(data, rel)
+            arr = decode_rgb8(data, rel)
         except DataError as e:
             src.invalid.append((rel, str(e).split(": ", 1)[1]))
             continue

@@ -16,10 +16,10 @@ from ots.errors import WeightsNotFoundError
 from ots.metrics.fid import (
     build_inception,
     fid,
+    fid_crops,
     fid_from_features,
     frechet_distance,
     inception_features,
-    random_crops,
 )
 from ots.metrics.fidelity import psnr, psnr_batch, quantize_uint8, rgb_to_y, ssim, ssim_batch
 from ots.metrics.perceptual import build_lpips, lpips_distance
@@ -39,7 +39,7 @@ __all__ = [
     "psnr",
     "psnr_batch",
     "quantize_uint8",
-    "random_crops",
+    "fid_crops",
     "rgb_to_y",
     "sliced_wasserstein",
     "ssim",
@@ -92,8 +92,8 @@ def evaluate(
         out["unavailable"].setdefault("lpips", "no LPIPS model given")
     if inception_model is not None:
         gen = torch.Generator().manual_seed(seed)
-        c_sr = random_crops(sr, fid_crop, fid_crops_per_image, gen)
-        c_hr = random_crops(hr, fid_crop, fid_crops_per_image, gen)
+        c_sr = fid_crops(sr, fid_crop, fid_crops_per_image, gen)
+        c_hr = fid_crops(hr, fid_crop, fid_crops_per_image, gen)
         out["fid"] = fid(inception_model, c_sr, c_hr)
     else:
         out["fid"] = None

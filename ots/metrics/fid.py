@@ -4,7 +4,7 @@ The network is the pytorch-fid port of the TF-slim Inception-v3 used by the orig
 blocks: average pools that ignore padding, a max pool in the last block, 1008 classes), built on torchvision's
 Inception3 and loaded from ``pt_inception-2015-12-05-6726825d.pth`` resolved by :mod:`ots.weights` (never
 downloaded). Inputs in [0, 1] are resized to 299x299 (bilinear) and mapped to [-1, 1], as in pytorch-fid.
-Protocol (team notes): features of random 128-px crops, see :func:`random_crops`.
+Protocol (team notes): features of random 128-px crops, see :func:`fid_crops`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ots.errors import ConfigError, WeightsNotFoundError
+from ots.errors import ConfigError, WeightsNotFoundError, one_line
 from ots.weights import RANDOM, load_state_dict, resolve_weights
 
 
@@ -97,7 +97,7 @@ def build_inception(weights: str | None = None, device: str | torch.device = "cp
             model.net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise WeightsNotFoundError(f"{path} is not the pytorch-fid Inception weights file: "
-                                       f"{str(e).splitlines()[0]}") from e
+                                       f"{one_line(str(e).splitlines()[0])}") from e
     return model.eval().requires_grad_(False).to(device)
 
 
@@ -110,7 +110,7 @@ def inception_features(model: InceptionPool, images: torch.Tensor, batch_size: i
     return torch.cat(feats).numpy()
 
 
-def random_crops(images, size: int = 128, per_image: int = 1, generator: torch.Generator | None = None):
+def fid_crops(images, size: int = 128, per_image: int = 1, generator: torch.Generator | None = None):
     """Random ``size`` crops from a list/batch of (3, H, W) images (the FID protocol: 128-px crops)."""
     out = []
     for img in images:

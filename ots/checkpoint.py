@@ -1,0 +1,101 @@
+"""Checkpoint files: save a solver's state (with the map's config stored explicitly), load it, resume, load the map.
+
+A checkpoint is a ``torch.save`` dict: the solver state (``map``, ``map_ema``, ``potential``, optimisers, ...),
+``map_config`` (the map's builder config, so the map is rebuilt without knowing the run's params layout), the
+run ``config``, ``extra`` and ``rng``. Older checkpoints without ``map_config`` load from ``config.model.map``.
+Sources are local paths or storage URIs (``file://``, ``s3://``); model-registry URIs are resolved by the
+pipelines (``python -m pipelines.models fetch``), never here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ots.atomic import atomic_path
+from ots.errors import CheckpointError, StorageError, one_line
+
+__all__ = ["load_checkpoint", "load_map", "resume", "save_checkpoint"]
+
+
+def save_checkpoint(path: str | os.PathLike, solver: Any, config: dict | None = None, extra: dict | None = None,
+                    map_config: dict | None = None) -> None:
+    """Atomic write of everything needed to resume, the run config, and the map's config (``map_config``,
+    default: ``config["model"]["map"]``)."""
+    state = solver.state_dict()
+    state["config"] = config or {}
+    state["map_config"] = map_config or ((config or {}).get("model") or {}).get("map") or {}
+    state["extra"] = extra or {}
+    state["rng"] = {"torch": torch.get_rng_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _not_a_file_hint(source: str) -> str:
+    return (f"{source}: ots loads checkpoint files and storage URIs (a path, file://, s3://) only; for a "
+            f"model-registry URI or run id fetch the file first: python -m pipelines.models fetch {source} -o map.pt")
+
+
+def _read(source: str) -> bytes | str:
+    """A local path (returned as a path) or the bytes behind a storage URI."""
+    from ots.storage import open_store, parse_uri
+
+    try:
+        loc = parse_uri(source)
+    except StorageError as e:
+        raise CheckpointError(_not_a_file_hint(source)) from e
+    if loc.scheme == "file":
+        if not os.path.isfile(loc.path):
+            if os.path.exists(loc.path):
+                raise CheckpointError(f"checkpoint not found: {source} is not a file")
+            raise CheckpointError(f"checkpoint not found: {_not_a_file_hint(source)}")
+        return loc.path
+    parent, _, name = loc.uri.rpartition("/")
+    try:
+        return open_store(parent).read_bytes(name)
+    except StorageError as e:
+        raise CheckpointError(f"checkpoint not readable: {one_line(e)}") from e
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Tensors and plain containers only (weights_only=True), from a path or a storage URI."""
+    source = os.fspath(path)
+    data = _read(source)
+    try:
+        state = torch.load(data if isinstance(data, str) else io.BytesIO(data), map_location="cpu",
+                           weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt/unsafe files become one line
+        raise CheckpointError(f"cannot read checkpoint {source}: {one_line(e, 300)}") from e
+    if not isinstance(state, dict) or "map" not in state:
+        raise CheckpointError(f"{source} is not an OTS checkpoint (no 'map' entry)")
+    return state
+
+
+def resume(solver: Any, path: str | os.PathLike, restore_rng: bool = True) -> dict:
+    """Load ``path`` into ``solver`` (and the torch RNG); returns the checkpoint dict."""
+    state = load_checkpoint(path)
+    solver.load_state_dict(state)
+    if restore_rng and "rng" in state:
+        torch.set_rng_state(state["rng"]["torch"])
+    return state
+
+
+def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained map from a checkpoint, in eval mode, built from the config stored with it: the EMA of the map
+    when training kept one (that is what was validated and selected), else the map itself."""
+    from ots.models import build_map
+
+    state = load_checkpoint(path)
+    map_config = state.get("map_config") or (state.get("config") or {}).get("model", {}).get("map")
+    if not map_config:
+        raise CheckpointError(f"{path} holds no map config (map_config or config.model.map)")
+    model = build_map(map_config)
+    try:
+        model.load_state_dict(state.get("map_ema") or state["map"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {one_line(e, 300)}") from e
+    return model.to(device).eval()

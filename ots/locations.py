@@ -1,0 +1,74 @@
+"""Naming a storage location: a local path, ``file://...`` or ``s3://bucket/prefix`` (parse, join, redact)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ots.errors import StorageError
+
+__all__ = ["Location", "join_uri", "parse_uri", "redact_uri"]
+
+# scheme://user:password@host -> scheme://user:***@host ; scheme://token@host -> scheme://***@host
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@?#:]*)(?P<pw>:[^\s/@?#]*)?@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:[^=&#\s]*(?:password|passwd|pwd|secret|token|signature|credential|api[_-]?key|access[_-]?key)"
+    r"[^=&#\s]*|sig|key))=(?P<val>[^&#\s]*)",
+    re.I,
+)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of every URI in it masked: ``user:password@`` -> ``user:***@``, a bare
+    ``token@`` -> ``***@``, and secret-looking query values (``?password=``, ``X-Amz-Signature=``, ``token=``)
+    -> ``***``. For anything printed, stored or logged; connect with the original."""
+    if not text:
+        return text
+
+    def userinfo(m: re.Match) -> str:
+        if m.group("pw") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        return f"{m.group('scheme')}***@"
+
+    out = _USERINFO.sub(userinfo, str(text))
+    return _SECRET_QUERY.sub(lambda m: f"{m.group('key')}=***", out)
+
+
+@dataclass(frozen=True)
+class Location:
+    scheme: str  # "file" or "s3"
+    bucket: str  # "" for local
+    path: str  # local: absolute path; s3: key prefix without leading/trailing slash
+
+    @property
+    def uri(self) -> str:
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.path}".rstrip("/")
+        return self.path
+
+
+def parse_uri(uri: str | os.PathLike) -> Location:
+    """Parse a local path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Location`."""
+    s = os.fspath(uri)
+    if not s:
+        raise StorageError("empty storage location")
+    if s.startswith("s3://"):
+        rest = s[len("s3://") :]
+        bucket, _, prefix = rest.partition("/")
+        if len(bucket) < 3:
+            raise StorageError(f"{s}: bucket name must have at least 3 characters")
+        return Location("s3", bucket, prefix.strip("/"))
+    if s.startswith("file://"):
+        s = s[len("file://") :]
+    elif "://" in s:
+        raise StorageError(f"{s}: unsupported scheme (use a local path, file://... or s3://bucket/prefix)")
+    return Location("file", "", str(Path(s).expanduser().resolve()))
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    loc = parse_uri(uri)
+    if loc.scheme == "s3":
+        return "/".join([loc.uri.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(loc.path, *parts))

@@ -1,0 +1,293 @@
+"""The served model: a custom MLflow pyfunc wrapping the trained map (checkpoint artifact) and the tiled inference.
+
+The bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.
+
+Not the default ``pt2`` export (it freezes the input size): any image size goes through :mod:`ots.infer`.
+
+Payload (``POST /invocations``, ``Content-Type: application/json``)::
+
+    {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], ...]},
+     "params": {"tile": 256, "overlap": 32}}          # params optional
+
+``image`` is a ``binary`` column: base64 in JSON (MLflow decodes it), raw ``bytes`` from Python
+(``pyfunc_model.predict(pd.DataFrame({"image": [png_bytes]}))``). Any format Pillow reads is accepted (PNG, JPEG,
+...; gray, gray+alpha, RGB, RGBA; 8 or 16 bit). Arrays: encode them with ``ots.imageio.encode_png`` (lossless,
+keeps 16 bit) -- or, bypassing the schema, ``unwrap_python_model().predict(None, df)`` takes uint8/uint16 numpy
+arrays in the ``image`` column. The answer is ``{"predictions": [{"image": "<base64 PNG>", "height": H,
+"width": W}, ...]}`` (same bit depth and channel layout as the input, ``scale`` times larger).
+
+Bad inputs (not an image, empty, more than ``max_bytes`` bytes or ``max_pixels`` pixels, bad tiling params) raise
+``MlflowException(INVALID_PARAMETER_VALUE)``: the scoring server answers HTTP 400 with the message and keeps
+serving. Malformed JSON and a missing ``image`` column are rejected by MLflow itself with a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    DEADLINE_EXCEEDED,
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_EXHAUSTED,
+    TEMPORARILY_UNAVAILABLE,
+)
+
+from pipelines.models import CHECKPOINT_ARTIFACT
+
+DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bad(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _limit(message: str) -> MlflowException:
+    """Over a per-request limit (MLflow has no 413 code: RESOURCE_EXHAUSTED answers 429)."""
+    return MlflowException(message, error_code=RESOURCE_EXHAUSTED)
+
+
+DEFAULT_MAX_IMAGES = 8
+# requests computing at once in one `mlflow models serve` worker process
+_MAX_CONCURRENT = max(1, int(os.environ.get("OTS_SERVE_MAX_CONCURRENT", "1") or 1))
+_SLOTS = threading.BoundedSemaphore(_MAX_CONCURRENT)
+
+
+def _request_timeout() -> float:
+    """The scoring server's request timeout (it answers 504 then): our work stops at the same deadline."""
+    try:
+        return float(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60"))
+    except ValueError:
+        return 60.0
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+
+
+def decode_image(value: Any, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 where: str = "image") -> np.ndarray:
+    """bytes / base64 str / uint8|uint16 array -> (H, W, C) array; MlflowException (400) on anything else."""
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return _check_array(value, max_pixels, where)
+    if isinstance(value, str):
+        if len(value) > max_bytes * 4 // 3 + 8:
+            raise _bad(f"{where}: payload larger than the limit of {max_bytes} bytes")
+        try:
+            value = base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError) as e:
+            raise _bad(f"{where}: not valid base64 ({e})") from e
+    if isinstance(value, (bytearray, memoryview)):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise _bad(f"{where}: expected PNG/JPEG bytes (base64 in JSON), got {type(value).__name__}")
+    if not value:
+        raise _bad(f"{where}: empty image (0 bytes)")
+    if len(value) > max_bytes:
+        raise _bad(f"{where}: {len(value)} bytes, larger than the limit of {max_bytes} bytes")
+    from ots.errors import DataError
+    from ots.imageio import decode_image as _decode
+
+    try:  # the decoder prepare and `ots upscale` share: 16-bit gray, RGB and RGBA PNGs stay 16-bit
+        arr = _decode(value, where, max_pixels=max_pixels)
+    except DataError as e:
+        msg = str(e)
+        if "too large" in msg or "empty" in msg:
+            raise _bad(msg) from e
+        raise _bad(f"{where}: not a decodable image ({msg.split(': ', 1)[-1]})") from e
+    return _check_array(arr, max_pixels, where)
+
+
+def _check_array(a: np.ndarray, max_pixels: int, where: str) -> np.ndarray:
+    if a.dtype not in (np.uint8, np.uint16):
+        raise _bad(f"{where}: arrays must be uint8 or uint16, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
+        raise _bad(f"{where}: expected an (H, W[, 1|2|3|4]) image, got shape {a.shape}")
+    if a.shape[0] * a.shape[1] > max_pixels:
+        raise _bad(f"{where}: image is {a.shape[1]}x{a.shape[0]} = {a.shape[0] * a.shape[1]} pixels, "
+                   f"more than the limit of {max_pixels}")
+    return a
+
+
+# ------------------------------------------------------------------------------------------------- the model
+
+
+class OTSUpscaler(mlflow.pyfunc.PythonModel):
+    """Upscales each row's ``image`` with the trained map, tiled; returns PNG bytes."""
+
+    def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", precision: str = "auto",
+                 max_images: int = DEFAULT_MAX_IMAGES, max_request_pixels: int | None = None):
+        self.tile, self.overlap = int(tile), int(overlap)
+        self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
+        self.max_images = int(max_images)
+        self.max_request_pixels = int(max_request_pixels or 2 * self.max_pixels)
+        self.device, self.precision = device, precision
+        self.model = None
+
+    CONFIG_KEYS = ("tile", "overlap", "max_pixels", "max_bytes", "device", "precision", "max_images",
+                   "max_request_pixels")
+
+    def load_context(self, context) -> None:
+        from ots.checkpoint import load_map
+        from ots.tiling import resolve_device
+
+        config = getattr(context, "model_config", None) or {}  # models-from-code: settings travel here
+        for key in self.CONFIG_KEYS:
+            if key in config and config[key] is not None:
+                value = config[key]
+                setattr(self, key, value if key in ("device", "precision") else int(value))
+
+        device = os.environ.get("OTS_SERVE_DEVICE", self.device)
+        self._device = resolve_device(device)
+        self.model = load_map(context.artifacts[CHECKPOINT_ARTIFACT], device=str(self._device))
+
+    def predict(self, context, model_input, params=None):  # no type hints: the signature is explicit
+        from ots.errors import OTSError
+        from ots.imageio import encode_png
+        from ots.infer import upscale_array
+        from ots.tiling import Cancelled
+
+        if self.model is None:
+            self.load_context(context)
+        params = params or {}
+        tile = int(params.get("tile", self.tile) or 0)
+        overlap = int(params.get("overlap", self.overlap))
+        if tile < 0 or overlap < 0 or (tile and overlap >= tile):
+            raise _bad(f"bad tiling params: tile={tile} (0 = whole image), overlap={overlap} (0 <= overlap < tile)")
+        if isinstance(model_input, pd.DataFrame):
+            if "image" not in model_input.columns:
+                raise _bad(f"input needs an 'image' column, got columns {list(model_input.columns)}")
+            values = list(model_input["image"])
+        elif isinstance(model_input, dict) and "image" in model_input:
+            values = list(np.atleast_1d(np.asarray(model_input["image"], dtype=object)))
+        else:
+            raise _bad(f"input must be a DataFrame with an 'image' column, got {type(model_input).__name__}")
+        if not values:
+            raise _bad("no images in the request")
+        max_images = int(getattr(self, "max_images", DEFAULT_MAX_IMAGES))  # older pickles lack the attribute
+        if len(values) > max_images:
+            raise _limit(f"{len(values)} images in one request, more than the limit of {max_images}")
+        images = [decode_image(v, max_bytes=self.max_bytes, max_pixels=self.max_pixels, where=f"image[{i}]")
+                  for i, v in enumerate(values)]  # validate every row before any work
+        pixels = sum(a.shape[0] * a.shape[1] for a in images)
+        max_request_pixels = int(getattr(self, "max_request_pixels", 2 * self.max_pixels))
+        if pixels > max_request_pixels:
+            raise _limit(f"{pixels} input pixels in one request, more than the limit of {max_request_pixels}")
+        # `mlflow models serve` runs requests in a thread pool without admission control and keeps computing
+        # after its timeout answers 504: bound both here (503 when busy, work stopped at the deadline)
+        if not _SLOTS.acquire(blocking=False):
+            raise MlflowException(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
+                                  error_code=TEMPORARILY_UNAVAILABLE)
+        try:
+            deadline = time.monotonic() + _request_timeout()
+            rows = []
+            for img in images:
+                try:
+                    out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
+                                        precision=self.precision, should_stop=lambda: time.monotonic() > deadline)
+                except Cancelled as e:
+                    raise MlflowException("request passed its deadline; its work was cancelled",
+                                          error_code=DEADLINE_EXCEEDED) from e
+                except OTSError as e:
+                    raise _bad(str(e)) from e
+                except Exception as e:  # noqa: BLE001 - OOM & co: one line to the client, the trace to the log
+                    import logging
+
+                    logging.getLogger("ots.serving").exception("upscaling failed")
+                    code = TEMPORARILY_UNAVAILABLE if isinstance(e, MemoryError) or "out of memory" in str(e) \
+                        else INTERNAL_ERROR
+                    raise MlflowException(f"upscaling failed ({type(e).__name__}); see the server log",
+                                          error_code=code) from None
+                rows.append({"image": encode_png(out), "height": int(out.shape[0]), "width": int(out.shape[1])})
+        finally:
+            _SLOTS.release()
+        return pd.DataFrame(rows, columns=["image", "height", "width"])
+
+
+def signature(tile: int = 256, overlap: int = 32):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("binary", "image"), ColSpec("long", "height"), ColSpec("long", "width")]),
+        params=ParamSchema([ParamSpec("tile", "long", int(tile)), ParamSpec("overlap", "long", int(overlap))]),
+    )
+
+
+def example_png(h: int = 8, w: int = 8) -> bytes:
+    from ots.imageio import encode_png
+
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(h + w - 2, 1)], -1)
+    return encode_png(img.astype(np.uint8))
+
+
+def pip_requirements() -> list[str]:
+    import torch
+
+    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
+            "pillow", "pyyaml", "tqdm"]
+
+
+def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,
+                     overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                     device: str = "auto", precision: str = "auto", include_code: bool = True,
+                     registered_model_name: str | None = None, run_id: str | None = None):
+    """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``serving_model.py`` +
+    ``model_config``), signature, input example, the ``ots`` and ``pipelines`` code -- into ``run_id`` (default:
+    the active run, else a new one). Returns mlflow's ModelInfo."""
+    from ots.errors import CheckpointError
+
+    ckpt = Path(checkpoint_path)
+    if not ckpt.is_file():
+        raise CheckpointError(f"no such checkpoint file: {ckpt}")
+    from ots.checkpoint import load_map
+
+    load_map(ckpt)  # fail early (one line) on a checkpoint the server could not load
+    kwargs = dict(
+        name=name,
+        # models-from-code: the registry stores serving_model.py + this config, not a cloudpickle of the object,
+        # so loading the model runs our reviewed source instead of unpickling bundled code
+        python_model=str(Path(__file__).with_name("serving_model.py")),
+        model_config={"tile": int(tile), "overlap": int(overlap), "max_pixels": int(max_pixels),
+                      "max_bytes": int(max_bytes), "device": device, "precision": precision},
+        artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
+        signature=signature(tile, overlap),
+        input_example=pd.DataFrame({"image": [example_png()]}),
+        pip_requirements=pip_requirements(),
+        registered_model_name=registered_model_name,
+    )
+    with tempfile.TemporaryDirectory(prefix="ots-code-") as code:
+        if include_code:  # the packages' sources, without caches, so the model serves from any checkout
+            import shutil
+
+            for pkg in ("ots", "pipelines"):
+                shutil.copytree(REPO_ROOT / pkg, Path(code) / pkg,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".env", ".env.*"))
+            kwargs["code_paths"] = [str(Path(code) / "ots"), str(Path(code) / "pipelines")]
+        import warnings
+
+        active = mlflow.active_run()
+        with warnings.catch_warnings():  # we give an explicit signature; no type-hint inference wanted
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+            if run_id is None or (active is not None and active.info.run_id == run_id):
+                return mlflow.pyfunc.log_model(**kwargs)
+            with mlflow.start_run(run_id=run_id):
+                return mlflow.pyfunc.log_model(**kwargs)
+
