@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,34 +170,13 @@ def _metrics(reg: dict, run_id: str) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if k.startswith(METRIC_PREFIX)}
 
 
-TYPE_HINT_ADVICE = "Add type hints to the `predict` method"  # MLflow's UserWarning for a hint-less predict
-
-
-@contextmanager
-def _without_type_hint_advice():
-    """Drop exactly MLflow's type-hint advice; every other warning is shown. (A ``filterwarnings`` entry cannot
-    do it: MLflow emits it under its own ``simplefilter("once")``.) The real fix is a ``pd.DataFrame`` hint on
-    the pyfunc's ``predict`` (pipelines/serving), after which this is a no-op."""
-    with warnings.catch_warnings():  # restores showwarning on exit
-        show = warnings.showwarning
-
-        def showwarning(message, category, filename, lineno, file=None, line=None):
-            if not (issubclass(category, UserWarning) and TYPE_HINT_ADVICE in str(message)):
-                show(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = showwarning
-        yield
-
-
 def log_served_model(ckpt: str, run_id: str, serve: dict):
     """The serving pyfunc logged into the training run (mlflow's ModelInfo), models-from-code (no cloudpickle)."""
-    with _without_type_hint_advice():  # printed when the pyfunc class is defined: at import
-        from pipelines.serving import log_pyfunc_model
+    from pipelines.serving import log_pyfunc_model
 
-        return log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]),
-                                overlap=int(serve["overlap"]), max_pixels=int(serve["max_pixels"]),
-                                max_bytes=int(serve["max_bytes"]), device=serve["device"],
-                                precision=serve["precision"])
+    return log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]), overlap=int(serve["overlap"]),
+                            max_pixels=int(serve["max_pixels"]), max_bytes=int(serve["max_bytes"]),
+                            device=serve["device"], precision=serve["precision"])
 
 
 def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
