@@ -236,7 +236,7 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
 
 def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: tuple, out_dir: Path) -> dict:
     """Run the TorchTrainer and turn its result into the outputs and the summary."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ots.storage import redact_uri
@@ -255,6 +255,9 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
                                            checkpoint_score_order="min"),
         failure_config=FailureConfig(max_failures=train["max_failures"]),
         callbacks=[fail_fast_callback()],
+        # Ray Train's own records (tracebacks of failures we report in one line, per-report INFO lines) stay in
+        # the session's ray-train-*.log files; the console gets our lines
+        logging_config=LoggingConfig(log_level="CRITICAL"),
     )
     loop_config = {"params": params, "mlflow_run_id": run_id, "tracking_uri": client.tracking_uri,
                    "run_name": run_name, "marker_dir": str(out_dir), "config_hash": chash,
