@@ -278,8 +278,9 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     metrics = dict(result.metrics or {})
     last = result.checkpoint
     where = f"{storage_uri.rstrip('/')}/{run_name}/{os.path.basename(last.path)}" if last is not None else None
-    if metrics.get("nonfinite"):
-        raise NonFiniteLossError(f"{metrics['nonfinite']}; last good checkpoint: {where or 'none'}")
+    stopped = result.return_value or {}
+    if stopped.get("nonfinite"):
+        raise NonFiniteLossError(f"{stopped['nonfinite']}; last good checkpoint: {where or 'none'}")
     diverged = metrics.get("diverged")
     if last is None or (int(metrics.get("step", -1)) != train["steps"] and not diverged):
         raise TrainingError(f"training stopped at step {metrics.get('step')} of {train['steps']}")

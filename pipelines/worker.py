@@ -163,8 +163,7 @@ class TrainWorker:
         return None
 
     # -- the loop ------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        import ray.train
+    def run(self) -> dict | None:
         import torch
 
         from ots.costs import unwrap
@@ -187,9 +186,8 @@ class TrainWorker:
             do_ckpt = step % train["checkpoint_every"] == 0 or step == target
             if do_log or do_ckpt:
                 bad = self.nonfinite()
-                if bad:  # every rank stops here; the driver reads the metric (the last checkpoint is good)
-                    ray.train.report({"step": step, "nonfinite": bad})
-                    return
+                if bad:  # every rank stops here; the driver reads rank 0's return value (the last checkpoint is good)
+                    return {"step": step, "nonfinite": bad}
             metrics = {}
             if do_log:
                 metrics = {k: float(v.float().item()) for k, v in losses.items()} | timer.rates()
@@ -199,7 +197,8 @@ class TrainWorker:
                 self.tracker.log_images(step)
             self._maybe_fail(step)
             if do_ckpt and self.checkpoint(step, metrics, float(losses["cost"].float().item())):
-                return
+                return None
+        return None
 
     def checkpoint(self, step: int, metrics: dict, cost: float) -> bool:
         """Validate (rank 0), save and report a checkpoint scored by ``val_swd``; True when the guard says stop."""
@@ -240,11 +239,12 @@ class TrainWorker:
             raise RuntimeError(f"injected failure at step {step}")
 
 
-def train_loop(config: dict) -> None:
-    """Ray Train's per-worker entry point."""
+def train_loop(config: dict) -> dict | None:
+    """Ray Train's per-worker entry point; rank 0's return value (``Result.return_value``) names a non-finite
+    loss."""
     worker = TrainWorker(config)
     try:
-        worker.run()
+        return worker.run()
     finally:
         if worker.tracker is not None:
             worker.tracker.close()
