@@ -23,7 +23,6 @@ Ray bound to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shutil
@@ -31,38 +30,11 @@ import signal
 import time
 from pathlib import Path
 
-from ots.errors import ConfigError, NonFiniteLossError, OTSError
+from ots.errors import NonFiniteLossError, OTSError
 from pipelines.raywire import init_ray, local_only  # noqa: F401 - (sets Ray's loopback switch first) re-exported
-from pipelines.worker import CKPT, solver_cfg, train_loop
+from pipelines.train_config import TRAIN_DEFAULTS, _abs_local, _deep_merge, resolve  # noqa: F401 - re-exported
+from pipelines.worker import CKPT, train_loop
 
-TRAIN_DEFAULTS: dict = {
-    "dataset": None,            # dataset URI; None = data.output
-    "steps": 60,                # target number of potential steps
-    "batch_size": 8,            # per worker
-    "lr_crop": 16,
-    "hr_crop": 64,
-    "checkpoint_every": 20,
-    "keep_last_k": 2,
-    "max_failures": 2,          # restarts after transient failures (preempted nodes: not counted, no limit)
-    "num_workers": 1,
-    "use_gpu": False,
-    "resources_per_worker": None,  # e.g. {"CPU": 2} or {"CPU": 8, "GPU": 1}
-    "storage_path": "outputs/ray",
-    "run_name": None,           # Ray run name; None = <solver>-<time>-<mlflow run id>
-    "fresh": False,             # start a new run even when an unfinished run of this config could resume
-    "log_every": 5,
-    "image_every": 20,
-    "image_count": 4,           # fixed train crops in the image grid
-    "val_pairs": 4,             # fixed val crops in the image grid
-    "val_images": 0,            # val images scored at every checkpoint (SWD selects the best map); 0 = all
-    # divergence: val SWD worse than bicubic's by more than `tolerance` (relative) for `patience` validations in a
-    # row, or the transport cost above `max_cost` -> stop, keep the best map
-    "guard": {"patience": 3, "tolerance": 0.05, "max_cost": 1.0},
-    "output_dir": "outputs/train",
-    "mlflow": {"tracking_uri": None, "experiment": "ots"},
-    "progress": True,
-    "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first
-}
 # Test hooks, passed in by tests through the environment (never params): rank 0 raises once at this step /
 # the map weights become NaN after this step.
 TEST_HOOKS = {"inject_failure_at_step": "OTS_TEST_FAIL_AT_STEP", "inject_nan_at_step": "OTS_TEST_NAN_AT_STEP"}
@@ -70,61 +42,6 @@ TEST_HOOKS = {"inject_failure_at_step": "OTS_TEST_FAIL_AT_STEP", "inject_nan_at_
 
 class TrainingError(OTSError):
     """Training failed (after the allowed restarts)."""
-
-
-# -- config ---------------------------------------------------------------------------------------------------
-def resolve(params: dict) -> dict:
-    """Validate and complete params (returns a deep copy with a full ``train`` section)."""
-    from ots.models import check_sizes
-
-    params = copy.deepcopy(params)
-    params.pop("baseline", None)  # the GAN baseline's overrides: pipelines.baseline merges them, not this run
-    train = params.get("train") or {}
-    if not isinstance(train, dict):
-        raise ConfigError("train section must be a mapping")
-    if train.get("overrides"):  # e.g. the tune stage's best_params.yaml: deep-merged over params
-        from pipelines.common import load_params
-
-        params = _deep_merge(params, load_params(train["overrides"]))
-        train = params["train"]
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown keys in train section: {', '.join(unknown)}")
-    mlf = {**TRAIN_DEFAULTS["mlflow"], **(train.get("mlflow") or {})}
-    guard = {**TRAIN_DEFAULTS["guard"], **(train.get("guard") or {})}
-    unknown = sorted(set(guard) - set(TRAIN_DEFAULTS["guard"]))
-    if unknown:
-        raise ConfigError(f"unknown keys in train.guard: {', '.join(unknown)}")
-    train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf, "guard": guard}
-    if not train["dataset"]:
-        train["dataset"] = (params.get("data") or {}).get("output") or "data/demo"
-    for k in ("steps", "batch_size", "checkpoint_every", "keep_last_k", "num_workers", "log_every"):
-        if not isinstance(train[k], int) or train[k] < 1:
-            raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
-    for k in ("max_failures", "image_every", "image_count", "val_pairs", "val_images"):
-        if not isinstance(train[k], int) or train[k] < 0:
-            raise ConfigError(f"train.{k} must be an integer >= 0, got {train[k]!r}")
-    model = params.get("model") or {}
-    if "map" not in model or "potential" not in model:
-        raise ConfigError("params need model.map and model.potential")
-    check_sizes(model["map"], model["potential"], int(train["lr_crop"]), int(train["hr_crop"]))
-    if not isinstance(guard["patience"], int) or guard["patience"] < 0:
-        raise ConfigError(f"train.guard.patience must be an integer >= 0 (0 = off), got {guard['patience']!r}")
-    solver_cfg(dict(params.get("solver") or {}))  # validates
-    params["train"] = train
-    params.setdefault("seed", 0)
-    return params
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _abs_local(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
 
 
 _init_ray = init_ray  # the tune stage's name for it
