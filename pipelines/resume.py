@@ -87,6 +87,8 @@ def plan(client, exp_id: str, params: dict, chash: str, storage_uri: str, fresh:
         return Plan(None, fixed, [(latest, "started over (--fresh)")] + retire)
     tags = latest.data.tags
     why = []
+    if fixed and tags.get("ots.ray_run") != fixed:  # a fixed name resumes only its own run
+        why.append(f"train.run_name: {tags.get('ots.ray_run')} -> {fixed}")
     if tags.get("ots.config_hash") != chash:
         why = config_diff(latest.data.params, params) or ["config hash differs"]
     if tags.get("ots.storage") != storage_uri:  # the checkpoints are elsewhere

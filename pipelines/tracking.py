@@ -34,10 +34,10 @@ class Tracker:
         self.w, train = worker, worker.train
         no_credential_links(worker.config["tracking_uri"])
         self.client = MlflowClient(tracking_uri=worker.config["tracking_uri"])
-        self.logged, self.last_logged, self.replay_diff = {}, 0, 0.0
+        # what this run logged before (a restart, or a driver killed before its first checkpoint): not re-logged
+        self.logged = {m.step: m.value for m in self.client.get_metric_history(worker.run_id, "loss_map")}
+        self.last_logged, self.replay_diff = max(self.logged, default=0), 0.0
         if worker.resumed_from:
-            self.logged = {m.step: m.value for m in self.client.get_metric_history(worker.run_id, "loss_map")}
-            self.last_logged = max(self.logged, default=0)
             self.client.set_tag(worker.run_id, "resumed_from_step", str(worker.resumed_from))
             print(f"train: resumed from step {worker.resumed_from} (attempt with {worker.world} worker(s))",
                   flush=True)

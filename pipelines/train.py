@@ -66,6 +66,7 @@ def run(params: dict, fresh: bool = False) -> dict:
     out_dir = Path(train["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     storage_path, storage_fs, storage_uri = ray_storage(train["storage_path"])
+    probe_storage(storage_path, storage_fs, storage_uri)  # before any MLflow run is made for nothing
     tracking_uri = resolve_tracking_uri(train["mlflow"]["tracking_uri"])
     client = mlflow_client(tracking_uri)
     exp_id = get_or_create_experiment(client, train["mlflow"]["experiment"])
@@ -80,7 +81,6 @@ def run(params: dict, fresh: bool = False) -> dict:
           f"checkpoints in {storage_uri}/{run_name}" + (f"; {plan.note}" if plan.note else ""), flush=True)
     status = "FAILED"
     try:
-        probe_storage(f"{storage_path.rstrip('/')}/{run_name}", storage_fs, f"{storage_uri}/{run_name}")
         summary = _fit(params, client, run_id, run_name, chash, (storage_path, storage_fs, storage_uri), out_dir)
         status = "FINISHED"
         return summary
@@ -242,24 +242,28 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple) -> int:
+    """The train-like stages' CLI: ``--params``, ``--fresh``; SIGTERM ends the MLflow run KILLED (via
+    KeyboardInterrupt), not RUNNING forever."""
     from pipelines.common import stage_main
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--fresh", action="store_true")
+    pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     flags, rest = pre.parse_known_args(argv)
 
-    def report(summary: dict) -> None:
-        print(json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps", "final_checkpoint", "wall_s")}))
-
-    def on_term(signum, _frame):  # `kill` / DVC's stop: end the MLflow run KILLED, not RUNNING forever
+    def on_term(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        return stage_main("train", __doc__, lambda params, _path: run(params, fresh=flags.fresh), rest, report)
+        return stage_main(name, doc, lambda doc_, _path: run(make_params(doc_), fresh=flags.fresh), rest,
+                          lambda summary: print(json.dumps({k: summary[k] for k in keys})))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage("train", __doc__, lambda doc: doc, argv, ("mlflow_run_id", "steps", "final_checkpoint", "wall_s"))
 
 
 if __name__ == "__main__":
