@@ -146,6 +146,9 @@ def _system_metrics(run_id: str, tracking_uri: str, resumed: bool):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
+    import logging
+
+    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)  # no start/stop INFO lines
     monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=resumed, tracking_uri=tracking_uri)
     monitor.start()
     return monitor

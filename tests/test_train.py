@@ -262,6 +262,49 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, tiny_dataset
 
 
 @pytest.mark.slow
+def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(tmp_path, tiny_dataset, ray_local):
+    """The CLI in its own process, stopped by SIGTERM after a checkpoint: its MLflow run ends KILLED (not RUNNING
+    forever), and the rerun continues that run from its checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, tiny_dataset, uri, steps=400, image_every=0, log_every=50)
+    path = write(tmp_path, params)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "--params", path], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client, deadline, run = None, time.monotonic() + 240, None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if client is None and (tmp_path / "mlflow.db").exists():
+                client = MlflowClient(uri)
+            runs = train_runs(client).values() if client and client.get_experiment_by_name("test-train") else []
+            run = next((r for r in runs if int(r.data.tags.get("ots.last_checkpoint_step", "0")) >= 4), None)
+            if run is not None:
+                break
+        assert run is not None, proc.stderr.read()[-2000:] if proc.poll() is not None else "no checkpoint"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and client.get_run(run.info.run_id).info.status == "KILLED"
+    done = int(client.get_run(run.info.run_id).data.tags["ots.last_checkpoint_step"])
+    params["train"]["steps"] = done + 2
+    assert train.main(["--params", write(tmp_path, params)]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["mlflow_run_id"] == run.info.run_id and summary["resumed_from"] >= 4
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_changed_config_is_never_silently_resumed(tmp_path, tiny_dataset, ray_local, monkeypatch, capsys):
     """Default run name: a changed lr starts a new run and retires the old one (KILLED, tagged, checkpoints
     pruned to its best). Fixed run name: refused in one line; --fresh starts over from step 0."""
