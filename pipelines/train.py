@@ -84,7 +84,7 @@ def run(params: dict, fresh: bool = False) -> dict:
         summary = _fit(params, client, run_id, run_name, chash, (storage_path, storage_fs, storage_uri), out_dir)
         status = "FINISHED"
         return summary
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM
         status = "KILLED"
         raise
     finally:
@@ -161,7 +161,7 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
 
     train = params["train"]
     storage_path, storage_fs, storage_uri = storage
-    init_ray()
+    init_ray()  # from here Ray's SIGTERM handler calls sys.exit: SystemExit, the run ends KILLED
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each worker print() shows up twice
     resources = train["resources_per_worker"]
     scaling = ScalingConfig(num_workers=train["num_workers"], use_gpu=bool(train["use_gpu"]),
@@ -242,6 +242,10 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     return summary
 
 
+def _on_term(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple) -> int:
     """The train-like stages' CLI: ``--params``, ``--fresh``; SIGTERM ends the MLflow run KILLED (via
     KeyboardInterrupt), not RUNNING forever."""
@@ -250,11 +254,7 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     flags, rest = pre.parse_known_args(argv)
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, _on_term)
     try:
         return stage_main(name, doc, lambda doc_, _path: run(make_params(doc_), fresh=flags.fresh), rest,
                           lambda summary: print(json.dumps({k: summary[k] for k in keys})))
