@@ -8,7 +8,8 @@ run, same Ray run name and folder, so Ray restores its latest checkpoint and ``r
 the metrics. Otherwise (or with ``train.fresh`` / ``--fresh``) a new run starts and the old unfinished ones are
 *retired*: ended KILLED with ``ots.superseded_by``/``ots.superseded_reason`` tags, their checkpoints deleted except
 the best by val SWD (kept as ``<run>/best/``). With a fixed ``train.run_name``, a changed config is refused in one
-line instead (the run name promises one run).
+line instead (the run name promises one run); a new run under a fixed name first moves what its folder holds
+(a finished run's checkpoints) to ``<name>-<time>/best/``, so Ray never restores another run's checkpoint.
 """
 
 from __future__ import annotations

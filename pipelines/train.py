@@ -77,6 +77,11 @@ def run(params: dict, fresh: bool = False) -> dict:
         kept = resume.retire(client, old, reason, run_id, run_name, storage_path, storage_fs)
         print(f"train: ended unfinished run {old.info.run_id} as KILLED ({reason[:200]}); kept its best: {kept}",
               flush=True)
+    if not plan.run_id:  # a new run never restores someone else's checkpoints (a fixed name's finished run)
+        kept = resume.prune_to_best(storage_fs, f"{storage_path.rstrip('/')}/{run_name}",
+                                    f"{storage_path.rstrip('/')}/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if kept:
+            print(f"train: {storage_uri}/{run_name} held an earlier run: its best is kept in {kept}", flush=True)
     print(f"train: mlflow run {run_id} at {redact_uri(tracking_uri)} (experiment {train['mlflow']['experiment']!r}); "
           f"checkpoints in {storage_uri}/{run_name}" + (f"; {plan.note}" if plan.note else ""), flush=True)
     status = "FAILED"

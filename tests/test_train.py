@@ -340,6 +340,11 @@ def test_changed_config_is_never_silently_resumed(tmp_path, tiny_dataset, ray_lo
     assert client.get_run(fixed).info.status == "KILLED"
     assert (tmp_path / "ray" / f"fixed-{fixed[:8]}" / "best" / "checkpoint.pt").is_file()
     assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    # a finished run is never resumed: the rerun is a new run, the old folder's best is moved aside
+    assert train.main(["--params", path]) == 0
+    again = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert again["mlflow_run_id"] != summary["mlflow_run_id"] and again["resumed_from"] == 0
+    assert len(list((tmp_path / "ray").glob("fixed-2*/best/checkpoint.pt"))) == 1
 
 
 def corrupt_copy(src: str, dst: Path) -> str:
