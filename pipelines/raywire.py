@@ -40,8 +40,10 @@ def local_only() -> None:
                               f"every interface; set {LOOPBACK_ENV}=0 in the environment")
 
 
-def init_ray() -> None:
+def init_ray(num_cpus: int | None = None) -> None:
     """Join ``$RAY_ADDRESS`` (``ray job submit``, a cluster) or start a local Ray bound to 127.0.0.1."""
+    import socket
+
     import ray
 
     if ray.is_initialized():
@@ -50,9 +52,14 @@ def init_ray() -> None:
         ray.init(log_to_driver=True)
         return
     local_only()
-    # the dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls every
-    # second; without it the cleaner logs "Failed to query Ray Train Controller actor state" each time
-    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None,
+    with socket.socket() as s:  # a free port for the dashboard, known before Ray starts
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # The dashboard serves the state API that Ray Train's placement-group cleaner polls every second (without it:
+    # "Failed to query Ray Train Controller actor state" each time); RAY_ADDRESS in the job's processes names this
+    # cluster's API, else the cleaner crashes ("Found multiple active Ray instances") when other Rays run here.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port, runtime_env={"env_vars": {"RAY_ADDRESS": f"http://127.0.0.1:{port}"}},
              _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=True)
 
 
