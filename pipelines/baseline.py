@@ -1,6 +1,6 @@
 """DVC stage ``train_gan``: the content-regularized GAN baseline, trained by the same driver on the same budget.
 
-    python -m pipelines.baseline --params params.yaml
+    python -m pipelines.baseline --params params.yaml [--fresh]
 
 params.yaml's ``baseline:`` section is deep-merged over ``model``/``solver``/``train`` (typically
 ``solver.kind: gan`` with its λ and gradient penalty, WGAN-GP's Adam betas, and its own ``train.output_dir``),
@@ -11,8 +11,6 @@ network updates on the same number of crops (OTS: k_T map + 1 potential update p
 """
 
 from __future__ import annotations
-
-import json
 
 from ots.errors import ConfigError
 
@@ -34,13 +32,9 @@ def baseline_params(doc: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.common import stage_main
-    from pipelines.train import run
+    from pipelines.train import stage
 
-    def report(summary: dict) -> None:
-        print(json.dumps({k: summary[k] for k in ("mlflow_run_id", "steps", "best_checkpoint", "wall_s")}))
-
-    return stage_main("train_gan", __doc__, lambda doc, _path: run(baseline_params(doc)), argv, report)
+    return stage("train_gan", __doc__, baseline_params, argv, ("mlflow_run_id", "steps", "best_checkpoint", "wall_s"))
 
 
 if __name__ == "__main__":

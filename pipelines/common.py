@@ -126,7 +126,12 @@ def ray_storage(path: str) -> tuple[str, Any, str]:
     path = str(path)
     if "://" not in path or path.startswith("file://"):
         local = str(Path(path.removeprefix("file://")).expanduser().resolve())
-        Path(local).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(local).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from ots.errors import StorageError, one_line
+
+            raise StorageError(f"checkpoint storage {local} is not writable: {one_line(e, 200)}") from e
         return local, None, local
     store = open_store(path, create=True, attempts=LONG_RUN_ATTEMPTS)  # checked once now; checkpoint I/O retries
     return store.full(), store.fs, store.uri
@@ -162,10 +167,11 @@ def get_or_create_experiment(client, name: str) -> str:
         return exp.experiment_id
 
 
-def log_params(client, run_id: str, params: dict) -> None:
-    """Flattened params (credentials dropped) in batches of 100."""
+def log_params(client, run_id: str, params: dict, skip: dict | None = None) -> None:
+    """Flattened params (credentials dropped) in batches of 100; keys in ``skip`` (already logged: MLflow params
+    are write-once) are left out."""
     from mlflow.entities import Param
 
-    items = [Param(k, v) for k, v in sorted(flatten(params).items())]
+    items = [Param(k, v) for k, v in sorted(flatten(params).items()) if k not in (skip or {})]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])

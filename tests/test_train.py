@@ -28,10 +28,7 @@ TINY_MODEL = {
 def ray_local():
     import ray
 
-    train.local_only()
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
+    train.init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -63,6 +60,12 @@ def write(tmp_path: Path, params: dict) -> str:
 
 def kept_checkpoints(run_dir: Path) -> list[int]:
     return sorted(json.loads((d / "meta.json").read_text())["step"] for d in run_dir.glob("checkpoint_*") if d.is_dir())
+
+
+def image_steps(client, run_id: str, key: str) -> set[int]:
+    """Steps of the MLflow images logged under ``key`` (``images/<key>+step+<n>+...png``)."""
+    return {int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(run_id, "images")
+            if a.path.startswith(f"images/{key}+step+") and a.path.endswith(".png")}
 
 
 # -- no Ray ---------------------------------------------------------------------------------------------------
@@ -130,10 +133,12 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
     assert "s3cr3t-pw" not in (tmp_path / "out" / "run.json").read_text()
     assert (tmp_path / "out" / f".failure-injected-{summary['ray_run_name']}").read_text() == "5"
 
-    # storage: the last K=2 checkpoints + the best, each a full OTS checkpoint
+    # storage: Ray keeps the K=2 best by val SWD + the latest, each a full OTS checkpoint; best.pt is the best
     run_dir = tmp_path / "ray" / summary["ray_run_name"]
-    assert kept_checkpoints(run_dir) == [6, 8]
-    assert (run_dir / "best" / "checkpoint.pt").is_file() and Path(summary["best_checkpoint"]).is_file()
+    kept = kept_checkpoints(run_dir)
+    assert 8 in kept and len(kept) <= 3 and summary["best_metric"]["step"] in kept
+    assert summary["best_checkpoint_storage"].startswith(str(run_dir)) and Path(summary["best_checkpoint"]).is_file()
+    assert not (run_dir / "nonfinite.json").exists() and not (run_dir / "best").exists()
     state = load_checkpoint(summary["final_checkpoint"])
     assert state["step"] == 8 and state["extra"]["mlflow_run_id"] == summary["mlflow_run_id"]
     assert state["extra"]["data"]["position"] == {"lr": 8 * 3, "hr": 8}  # (k_T + 1) LR batches per step
@@ -158,8 +163,11 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
     assert summary["best_metric"]["name"] == "val_swd" and best["step"] == min(swd, key=swd.get)
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert arts == {"checkpoints/final.pt"}
-    images = {a.path for a in client.list_artifacts(run.info.run_id, "images/val")}
-    assert {"images/val/val_step000004.png", "images/val/val_step000008.png"} <= images
+    assert {4, 8} <= image_steps(client, run.info.run_id, "val") and 8 in image_steps(client, run.info.run_id, "train")
+    assert run.data.tags["ots.config_hash"] == summary["config_hash"]
+    assert run.data.tags.get("mlflow.source.git.commit") or "mlflow.source.git.commit" not in run.data.tags
+    (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # lineage: the shard manifest
+    assert inp.dataset.name == Path(tiny_dataset).name and len(inp.dataset.digest) == 32
     out = capsys.readouterr()
     assert "train: step 8/8" in out.out and "crops/s=" in out.out
     assert "s3cr3t-pw" not in out.out + out.err
@@ -177,7 +185,8 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path, tiny_dataset, ray_loc
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("train: error: non-finite loss_map at step 4") and "last good checkpoint" in err
     (run_dir,) = (tmp_path / "ray").iterdir()
-    assert kept_checkpoints(run_dir) == [2]  # the last good checkpoint stays
+    assert kept_checkpoints(run_dir) == [0, 2]  # the last good checkpoint stays
+    assert not (run_dir / "nonfinite.json").exists()  # reported as a metric, not a side file
     assert str(run_dir) in err
     assert not (tmp_path / "out" / "run.json").exists()
     (run,) = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("test-train").experiment_id])
@@ -210,6 +219,199 @@ def test_divergence_guard_stops_and_keeps_the_best_map(tmp_path, tiny_dataset, r
     assert run.data.tags["ots.stopped_early"] == summary["stopped_early"]
 
 
+def train_runs(client, name: str = "test-train") -> dict:
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    return {r.info.run_id: r for r in runs}
+
+
+def interrupted(tmp_path, params, monkeypatch, at: int = 5) -> str:
+    """Run ``params`` until an injected failure at step ``at`` with no restarts left, then mark its MLflow run
+    RUNNING again: what a driver killed with SIGKILL leaves behind. Returns the run id."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv(train.TEST_HOOKS["inject_failure_at_step"], str(at))
+    assert train.main(["--params", write(tmp_path, {**params, "train": {**params["train"], "max_failures": 0}})]) == 2
+    monkeypatch.delenv(train.TEST_HOOKS["inject_failure_at_step"])
+    client = MlflowClient(params["train"]["mlflow"]["tracking_uri"])
+    (run,) = [r for r in train_runs(client).values() if r.info.status == "FAILED"]  # try/finally ended it FAILED
+    client.update_run(run.info.run_id, status="RUNNING")
+    return run.info.run_id
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_into_the_same_mlflow_run(tmp_path, tiny_dataset, ray_local, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, tiny_dataset, uri, image_every=0)
+    first = interrupted(tmp_path, params, monkeypatch)
+    params["train"]["steps"] = 8  # `steps` may grow: still the same run
+    assert train.main(["--params", write(tmp_path, params)]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    client = MlflowClient(uri)
+    runs = train_runs(client)
+    assert list(runs) == [first] and summary["mlflow_run_id"] == first  # run.json names the run with the metrics
+    assert summary["resumed_from"] == 4 and summary["steps"] == 8
+    assert summary["ray_run_name"] == runs[first].data.tags["ots.ray_run"]
+    assert runs[first].info.status == "FINISHED" and runs[first].data.tags["ots.steps"] == "8"
+    assert sorted(m.step for m in client.get_metric_history(first, "loss_map")) == list(range(1, 9))
+    assert [p.name for p in (tmp_path / "ray").iterdir()] == [summary["ray_run_name"]]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(tmp_path, tiny_dataset, ray_local):
+    """The CLI in its own process, stopped by SIGTERM after a checkpoint: its MLflow run ends KILLED (not RUNNING
+    forever), and the rerun continues that run from its checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, tiny_dataset, uri, steps=400, image_every=0, log_every=50)
+    path = write(tmp_path, params)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", "--params", path], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    def registered() -> int:  # checkpoints Ray's controller has registered (what a rerun restores from)
+        snaps = list((tmp_path / "ray").glob("*/checkpoint_manager_snapshot.json"))
+        try:
+            return len(json.loads(snaps[0].read_text())["checkpoint_results"]) if snaps else 0
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    try:  # wait (on the files, not the database the child is creating) for 2 registered checkpoints (steps 0, 2)
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if registered() >= 2:
+                break
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    client = MlflowClient(uri)
+    (run,) = train_runs(client).values()
+    assert proc.returncode != 0 and client.get_run(run.info.run_id).info.status == "KILLED"
+    done = int(client.get_run(run.info.run_id).data.tags["ots.last_checkpoint_step"])
+    params["train"]["steps"] = done + 2
+    assert train.main(["--params", write(tmp_path, params)]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    # Ray restores the latest checkpoint it registered (the one being written at SIGTERM may not count)
+    assert summary["mlflow_run_id"] == run.info.run_id and summary["resumed_from"] >= 2
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_changed_config_is_never_silently_resumed(tmp_path, tiny_dataset, ray_local, monkeypatch, capsys):
+    """Default run name: a changed lr starts a new run and retires the old one (KILLED, tagged, checkpoints
+    pruned to its best). Fixed run name: refused in one line; --fresh starts over from step 0."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, tiny_dataset, uri, steps=4, image_every=0)
+    old = interrupted(tmp_path, params, monkeypatch, at=3)
+    client = MlflowClient(uri)
+    old_dir = tmp_path / "ray" / client.get_run(old).data.tags["ots.ray_run"]
+    assert kept_checkpoints(old_dir) == [0, 2]
+    params["solver"]["lr_map"] = 1e-3
+    assert train.main(["--params", write(tmp_path, params)]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["mlflow_run_id"] != old and summary["resumed_from"] == 0
+    tags = client.get_run(old).data.tags
+    assert client.get_run(old).info.status == "KILLED" and tags["ots.superseded_by"] == summary["mlflow_run_id"]
+    assert "solver.lr_map: 0.0001 -> 0.001" in tags["ots.superseded_reason"]
+    assert [p.name for p in old_dir.iterdir()] == ["best"] and (old_dir / "best" / "checkpoint.pt").is_file()
+
+    # a fixed run name: a changed config is refused in one line; --fresh starts over and retires the old run
+    params["train"]["run_name"] = "fixed"
+    fixed = interrupted(tmp_path, params, monkeypatch, at=3)
+    capsys.readouterr()
+    params["solver"]["lr_map"] = 2e-3
+    path = write(tmp_path, params)
+    assert train.main(["--params", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"unfinished run {fixed}" in err and "solver.lr_map: 0.001 -> 0.002" in err
+    assert "--fresh" in err and client.get_run(fixed).info.status == "RUNNING"
+    assert train.main(["--params", path, "--fresh"]) == 0
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["resumed_from"] == 0 and summary["ray_run_name"] == "fixed" and summary["mlflow_run_id"] != fixed
+    assert client.get_run(fixed).info.status == "KILLED"
+    assert (tmp_path / "ray" / f"fixed-{fixed[:8]}" / "best" / "checkpoint.pt").is_file()
+    assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
+    # a finished run is never resumed: the rerun is a new run, the old folder's best is moved aside
+    assert train.main(["--params", path]) == 0
+    again = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert again["mlflow_run_id"] != summary["mlflow_run_id"] and again["resumed_from"] == 0
+    assert len(list((tmp_path / "ray").glob("fixed-2*/best/checkpoint.pt"))) == 1
+
+
+def corrupt_copy(src: str, dst: Path) -> str:
+    """A copy of the dataset with one byte flipped in a train shard (its checksum no longer matches)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    shard = next(p for p in sorted(dst.rglob("*.parquet")) if "val" not in str(p))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return str(dst)
+
+
+@pytest.mark.slow
+def test_deterministic_failures_are_not_retried(tmp_path, tiny_dataset, ray_local, capfd):
+    """A corrupt shard (found by a worker) and read-only storage (found by the driver): one line, exit 2, no
+    restarts, no tracebacks."""
+    import time
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, corrupt_copy(tiny_dataset, tmp_path / "ds"), uri, max_failures=3)
+    t0 = time.perf_counter()
+    assert train.main(["--params", write(tmp_path, params)]) == 2
+    took = time.perf_counter() - t0
+    out, err = capfd.readouterr()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: error:") and "checksum mismatch" in last and "not retried" in last
+    assert "Traceback" not in out + err and "resumed from" not in out, (out + err)[-3000:]
+    assert took < 60, took
+    (run,) = train_runs(MlflowClient(uri)).values()
+    assert run.info.status == "FAILED"
+
+    # unwritable storage (a file where the folder should be: fails for root too, unlike chmod)
+    (tmp_path / "file").write_text("x")
+    params = make_params(tmp_path, tiny_dataset, uri, storage_path=str(tmp_path / "file" / "ray"), fresh=True)
+    t0 = time.perf_counter()
+    assert train.main(["--params", write(tmp_path, params)]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err.startswith("train: error: checkpoint storage") and "not writable" in err and "\n" not in err
+    assert time.perf_counter() - t0 < 20
+
+
+@pytest.mark.slow
+def test_a_train_run_prints_no_placement_group_cleaner_noise(tmp_path, tiny_dataset):
+    """The CLI in its own process (its own local Ray): Ray Train's placement-group cleaner polls the state API
+    every second; without a dashboard it logged "Failed to query Ray Train Controller actor state" each time."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = write(tmp_path, make_params(tmp_path, tiny_dataset, uri, steps=2, image_every=0))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--params", path], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Failed to query Ray Train Controller actor state" not in proc.stdout + proc.stderr
+    assert "PlacementGroupCleaner" not in proc.stderr
+
+
 # -- Ray, two nodes, S3 storage -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_nodes_one_worker_each_with_s3_checkpoints(tmp_path, tiny_dataset, s3_env, monkeypatch):
@@ -238,7 +440,8 @@ def test_two_nodes_one_worker_each_with_s3_checkpoints(tmp_path, tiny_dataset, s
         keys = [o["Key"] for o in s3_env.list_objects_v2(Bucket=bucket, Prefix="ray/")["Contents"]]
         run_prefix = f"ray/{summary['ray_run_name']}/"
         ckpts = {k for k in keys if k.startswith(run_prefix + "checkpoint_") and k.endswith("/checkpoint.pt")}
-        assert len(ckpts) == 2 and f"{run_prefix}best/checkpoint.pt" in keys
+        assert 2 <= len(ckpts) <= 3  # K=2 best by val SWD + the latest (steps 0, 2, 4 reported)
+        assert summary["best_checkpoint_storage"].startswith(f"s3://{bucket}/{run_prefix}checkpoint_")
         assert summary["final_checkpoint_storage"].startswith(f"s3://{bucket}/ray/")
         assert os.path.isfile(summary["final_checkpoint"])
     finally:

@@ -1,0 +1,154 @@
+"""Rank 0's tracking: validation scores, MLflow metrics (each step logged once) and image grids, throughput."""
+
+from __future__ import annotations
+
+import time
+
+
+class Throughput:
+    """Crops/s and steps/s since the last call to ``rates``."""
+
+    def __init__(self, crops_per_step: int):
+        self.crops_per_step, self.t, self.steps = crops_per_step, time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self.steps += 1
+
+    def rates(self) -> dict:
+        dt = max(time.perf_counter() - self.t, 1e-9)
+        out = {"crops_per_s": self.steps * self.crops_per_step / dt, "steps_per_s": self.steps / dt}
+        self.t, self.steps = time.perf_counter(), 0
+        return out
+
+
+class Tracker:
+    """Rank 0's side: validation, MLflow metrics (each step logged once, replays compared), image grids."""
+
+    def __init__(self, worker):
+        from mlflow import MlflowClient
+
+        from ots.data import CropStream
+        from ots.fit import Validation
+        from pipelines.common import no_credential_links
+
+        self.w, train = worker, worker.train
+        no_credential_links(worker.config["tracking_uri"])
+        self.client = MlflowClient(tracking_uri=worker.config["tracking_uri"])
+        # what this run logged before (a restart, or a driver killed before its first checkpoint): not re-logged
+        self.logged = {m.step: m.value for m in self.client.get_metric_history(worker.run_id, "loss_map")}
+        self.last_logged, self.replay_diff = max(self.logged, default=0), 0.0
+        if worker.resumed_from:
+            self.client.set_tag(worker.run_id, "resumed_from_step", str(worker.resumed_from))
+            print(f"train: resumed from step {worker.resumed_from} (attempt with {worker.world} worker(s))",
+                  flush=True)
+        self.validation = Validation(train["dataset"], worker.scale, worker.device,
+                                     max_images=train["val_images"], seed=worker.seed)
+        self.fixed_lr = CropStream(train["dataset"], "lr", crop=train["lr_crop"],
+                                   batch_size=max(1, train["image_count"]), seed=worker.seed + 7919,
+                                   augment=False).batch(0)[: train["image_count"]]
+        self.val_lr, self.val_hr = grid_val_crops(train["dataset"], train["val_pairs"], train["lr_crop"], worker.scale)
+        self.system = _system_metrics(worker.run_id, worker.config["tracking_uri"], bool(worker.resumed_from))
+
+    def close(self) -> None:
+        if self.system is not None:
+            self.system.finish()
+            self.system = None
+
+    def _metrics(self, step: int, values: dict) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.w.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+
+    def validate(self, step: int) -> dict:
+        """Full val images through the map to evaluate (EMA when kept): SWD (selection) and PSNR."""
+        score = self.validation(self.w.solver.map_for_eval)
+        val = {"val_swd": score["swd"], "val_psnr": score["psnr"]}
+        if step > self.last_logged or step == 0:
+            bic = self.validation.bicubic
+            self._metrics(step, {**val, "val_bicubic_swd": bic["swd"], "val_bicubic_psnr": bic["psnr"]})
+        return val
+
+    def log(self, step: int, target: int, metrics: dict) -> None:
+        if self.w.train["progress"]:
+            losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss_") or k == "cost")
+            print(f"train: step {step}/{target} {losses} crops/s={metrics['crops_per_s']:.1f}", flush=True)
+        if step <= self.last_logged and step in self.logged:  # replayed after a restart: compare, don't re-log
+            diff = abs(metrics["loss_map"] - self.logged[step])
+            self.replay_diff = max(self.replay_diff, diff)
+            self.client.log_metric(self.w.run_id, "resume_replay_diff", self.replay_diff, step=step)
+            print(f"train: replayed step {step}: |loss_map - logged| = {diff:.3g}", flush=True)
+        if step > self.last_logged:
+            self._metrics(step, metrics)
+
+    def log_images(self, step: int) -> None:
+        """LR (nearest) | bicubic | T(LR) [| HR] grids for fixed train and val crops (MLflow image keys
+        ``train``/``val``, one per step)."""
+        import torch
+        import torch.nn.functional as F
+
+        if step <= self.last_logged:
+            return
+        net = self.w.solver.map_for_eval
+        for tag, lr, hr in (("train", self.fixed_lr, None), ("val", self.val_lr, self.val_hr)):
+            if lr is None or len(lr) == 0:
+                continue
+            was = net.training
+            net.eval()
+            with torch.no_grad():
+                mapped = net(lr.to(self.w.device)).float().cpu()
+            net.train(was)
+            up = [F.interpolate(lr, scale_factor=self.w.scale, mode="nearest"),
+                  F.interpolate(lr, scale_factor=self.w.scale, mode="bicubic", align_corners=False), mapped]
+            self.client.log_image(self.w.run_id, grid_image(up + ([hr] if hr is not None else [])), key=tag,
+                                  step=step)
+
+
+def grid_val_crops(uri: str, n: int, lr_crop: int, scale: int):
+    """Centre crops of the first ``n`` val pairs (LR and the matching HR), for the image grids."""
+    import numpy as np
+
+    from ots.data import read_val_pairs
+    from ots.data.loader import crops_to_tensor
+
+    lrs, hrs = [], []
+    for _, lr, hr in read_val_pairs(uri)[:n]:
+        h, w = lr.shape[:2]
+        if h < lr_crop or w < lr_crop:
+            continue
+        y, x = (h - lr_crop) // 2, (w - lr_crop) // 2
+        lrs.append(lr[y : y + lr_crop, x : x + lr_crop])
+        hrs.append(hr[y * scale : (y + lr_crop) * scale, x * scale : (x + lr_crop) * scale])
+    if not lrs:
+        return None, None
+    return crops_to_tensor(np.stack(lrs)), crops_to_tensor(np.stack(hrs))
+
+
+def grid_image(columns: list):
+    """Rows = samples, columns = [-1, 1] NCHW tensors of the same HR size; 2-px white gaps (an HWC uint8 array)."""
+    import numpy as np
+
+    cols = [((c.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            for c in columns]
+    n, h, w, _ = cols[0].shape
+    gap = 2
+    img = np.full((n * h + (n - 1) * gap, len(cols) * w + (len(cols) - 1) * gap, 3), 255, np.uint8)
+    for i in range(n):
+        for j, c in enumerate(cols):
+            img[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = c[i]
+    return img
+
+
+def _system_metrics(run_id: str, tracking_uri: str, resumed: bool):
+    """CPU/memory/disk/network (and GPU when present) every 10 s into the run, when psutil is installed."""
+    try:
+        import psutil  # noqa: F401 - MLflow's monitor needs it
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    import logging
+
+    logging.getLogger(SystemMetricsMonitor.__module__).setLevel(logging.WARNING)  # no start/stop INFO lines
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=resumed, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor

@@ -1,0 +1,96 @@
+"""The train stage's params: the ``train:`` defaults (the one place they live) and the validation of a run's params."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from ots.errors import ConfigError
+
+TRAIN_DEFAULTS: dict = {
+    "dataset": None,            # dataset URI; None = data.output
+    "steps": 60,                # target number of potential steps
+    "batch_size": 8,            # per worker
+    "lr_crop": 16,
+    "hr_crop": 64,
+    "checkpoint_every": 20,
+    "keep_last_k": 2,
+    "max_failures": 2,          # restarts after transient failures (preempted nodes: not counted, no limit)
+    "num_workers": 1,
+    "use_gpu": False,
+    "resources_per_worker": None,  # e.g. {"CPU": 2} or {"CPU": 8, "GPU": 1}
+    "storage_path": "outputs/ray",
+    "run_name": None,           # Ray run name; None = <solver>-<time>-<mlflow run id>
+    "fresh": False,             # start a new run even when an unfinished run of this config could resume
+    "log_every": 5,
+    "image_every": 20,
+    "image_count": 4,           # fixed train crops in the image grid
+    "val_pairs": 4,             # fixed val crops in the image grid
+    "val_images": 0,            # val images scored at every checkpoint (SWD selects the best map); 0 = all
+    # divergence: val SWD worse than bicubic's by more than `tolerance` (relative) for `patience` validations in a
+    # row, or the transport cost above `max_cost` -> stop, keep the best map
+    "guard": {"patience": 3, "tolerance": 0.05, "max_cost": 1.0},
+    "output_dir": "outputs/train",
+    "mlflow": {"tracking_uri": None, "experiment": "ots"},
+    "progress": True,
+    "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first
+}
+
+
+# -- validation -----------------------------------------------------------------------------------------------
+def resolve(params: dict) -> dict:
+    """Validate and complete params (returns a deep copy with a full ``train`` section)."""
+    from ots.models import check_sizes
+
+    params = copy.deepcopy(params)
+    params.pop("baseline", None)  # the GAN baseline's overrides: pipelines.baseline merges them, not this run
+    train = params.get("train") or {}
+    if not isinstance(train, dict):
+        raise ConfigError("train section must be a mapping")
+    if train.get("overrides"):  # e.g. the tune stage's best_params.yaml: deep-merged over params
+        from pipelines.common import load_params
+
+        params = _deep_merge(params, load_params(train["overrides"]))
+        train = params["train"]
+    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown keys in train section: {', '.join(unknown)}")
+    mlf = {**TRAIN_DEFAULTS["mlflow"], **(train.get("mlflow") or {})}
+    guard = {**TRAIN_DEFAULTS["guard"], **(train.get("guard") or {})}
+    unknown = sorted(set(guard) - set(TRAIN_DEFAULTS["guard"]))
+    if unknown:
+        raise ConfigError(f"unknown keys in train.guard: {', '.join(unknown)}")
+    train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf, "guard": guard}
+    if not train["dataset"]:
+        train["dataset"] = (params.get("data") or {}).get("output") or "data/demo"
+    for k in ("steps", "batch_size", "checkpoint_every", "keep_last_k", "num_workers", "log_every"):
+        if not isinstance(train[k], int) or train[k] < 1:
+            raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
+    if not isinstance(train["fresh"], bool):
+        raise ConfigError(f"train.fresh must be true or false, got {train['fresh']!r}")
+    for k in ("max_failures", "image_every", "image_count", "val_pairs", "val_images"):
+        if not isinstance(train[k], int) or train[k] < 0:
+            raise ConfigError(f"train.{k} must be an integer >= 0, got {train[k]!r}")
+    model = params.get("model") or {}
+    if "map" not in model or "potential" not in model:
+        raise ConfigError("params need model.map and model.potential")
+    check_sizes(model["map"], model["potential"], int(train["lr_crop"]), int(train["hr_crop"]))
+    if not isinstance(guard["patience"], int) or guard["patience"] < 0:
+        raise ConfigError(f"train.guard.patience must be an integer >= 0 (0 = off), got {guard['patience']!r}")
+    from pipelines.worker import solver_cfg
+
+    solver_cfg(dict(params.get("solver") or {}))  # validates
+    params["train"] = train
+    params.setdefault("seed", 0)
+    return params
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _abs_local(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
