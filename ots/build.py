@@ -6,7 +6,8 @@ import torch
 
 from ots.costs import ReferenceMap, WeightedCost
 from ots.models import build_map, build_potential
-from ots.solver import SOLVERS, SolverConfig
+from ots.solver import SOLVERS
+from ots.solver_config import SolverConfig
 
 
 def build_solver(model: dict, solver: SolverConfig | dict, device: str | torch.device | None = None,

@@ -88,7 +88,7 @@ def random_sizes(count: int, seed: int = 0, lo: int = 5, hi: int = 48) -> list[t
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                       verify: int = 3, atol: float = DEFAULT_ATOL, seed: int = 0) -> dict:
     """Checkpoint -> ONNX file, verified on ``verify`` random sizes. What registration beside the pyfunc calls."""
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"no such checkpoint file: {checkpoint}")

@@ -125,8 +125,9 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
     """Train from ``params`` (``model``, ``solver``, ``train`` sections) for ``steps`` potential steps or until
     ``time_budget`` seconds have passed; returns (and writes) the curve."""
     from ots.build import build_solver
+    from ots.checkpoint import save_checkpoint
     from ots.data import CropStream
-    from ots.solver import SolverConfig, save_checkpoint
+    from ots.solver_config import SolverConfig
 
     train = params.get("train") or {}
     seed = int(params.get("seed", 0) if seed is None else seed)

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 # checkpoint files live in ots.checkpoint; these names stay importable from here
-from ots.checkpoint import load_checkpoint, load_map, resume, save_checkpoint
 from ots.costs import unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
-from ots.solver_config import SolverConfig  # importable from here as before
+from ots.solver_config import SolverConfig
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
 
@@ -264,5 +263,4 @@ SOLVERS = {"ots": OTSSolver, "gan": RegularizedGAN}
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-__all__ = ["SOLVERS", "OTSSolver", "RegularizedGAN", "SolverConfig", "frozen", "gradient_penalty",
-           "load_checkpoint", "load_map", "resume", "save_checkpoint"]
+__all__ = ["SOLVERS", "OTSSolver", "RegularizedGAN", "frozen", "gradient_penalty"]

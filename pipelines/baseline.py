@@ -17,7 +17,7 @@ from ots.errors import ConfigError
 
 def baseline_params(doc: dict) -> dict:
     """params with the ``baseline`` section merged over it (the section itself removed)."""
-    from pipelines.train import _deep_merge
+    from pipelines.train_config import deep_merge
 
     over = doc.get("baseline")
     if not isinstance(over, dict) or not over:
@@ -25,7 +25,7 @@ def baseline_params(doc: dict) -> dict:
     unknown = sorted(set(over) - {"model", "solver", "train", "seed"})
     if unknown:
         raise ConfigError(f"unknown keys in baseline section: {', '.join(unknown)}")
-    merged = _deep_merge({k: v for k, v in doc.items() if k != "baseline"}, over)
+    merged = deep_merge({k: v for k, v in doc.items() if k != "baseline"}, over)
     if merged.get("train", {}).get("output_dir") == (doc.get("train") or {}).get("output_dir"):
         raise ConfigError("baseline.train.output_dir must differ from train.output_dir (it would overwrite the map)")
     return merged

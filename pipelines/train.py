@@ -14,7 +14,7 @@ the latest; ``best.pt`` is Ray's best checkpoint by val SWD. ``FailureConfig(max
 group from the latest checkpoint after a transient failure (preempted nodes count separately, without limit);
 deterministic ones (damaged data, bad checkpoint, unwritable or full storage) end the run at once in one line.
 The divergence guard (``train.guard``) stops a run whose val SWD stays worse than bicubic's, keeping the best map.
-Outputs: ``<output_dir>/final.pt`` (loadable by ``ots.solver.load_map``), ``best.pt`` and ``run.json``.
+Outputs: ``<output_dir>/final.pt`` (loadable by ``ots.checkpoint.load_map``), ``best.pt`` and ``run.json``.
 
 When run under ``ray job submit`` (``RAY_ADDRESS`` set) it joins that cluster; otherwise it starts a local
 Ray bound to 127.0.0.1.
@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from ots.errors import NonFiniteLossError, OTSError
-from pipelines.raywire import init_ray, local_only  # noqa: F401 - (sets Ray's loopback switch first) re-exported
-from pipelines.train_config import TRAIN_DEFAULTS, _abs_local, _deep_merge, resolve  # noqa: F401 - re-exported
+from pipelines.raywire import init_ray  # first: it sets Ray's loopback switch before ray is imported
+from pipelines.train_config import abs_local, resolve
 from pipelines.worker import CKPT, train_loop
 
 # Test hooks, passed in by tests through the environment (never params): rank 0 raises once at this step /
@@ -42,9 +42,6 @@ TEST_HOOKS = {"inject_failure_at_step": "OTS_TEST_FAIL_AT_STEP", "inject_nan_at_
 
 class TrainingError(OTSError):
     """Training failed (after the allowed restarts)."""
-
-
-_init_ray = init_ray  # the tune stage's name for it
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
@@ -60,7 +57,7 @@ def run(params: dict, fresh: bool = False) -> dict:
     params = resolve(params)
     train = params["train"]
     fresh = fresh or bool(train["fresh"])
-    train["dataset"] = _abs_local(train["dataset"])
+    train["dataset"] = abs_local(train["dataset"])
     train["output_dir"] = str(Path(train["output_dir"]).resolve())
     dataset = open_dataset(train["dataset"], verify=False)  # fail early, on the driver, with one line
     out_dir = Path(train["output_dir"])

@@ -50,7 +50,7 @@ def resolve(params: dict) -> dict:
     if train.get("overrides"):  # e.g. the tune stage's best_params.yaml: deep-merged over params
         from pipelines.common import load_params
 
-        params = _deep_merge(params, load_params(train["overrides"]))
+        params = deep_merge(params, load_params(train["overrides"]))
         train = params["train"]
     unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
     if unknown:
@@ -77,20 +77,25 @@ def resolve(params: dict) -> dict:
     check_sizes(model["map"], model["potential"], int(train["lr_crop"]), int(train["hr_crop"]))
     if not isinstance(guard["patience"], int) or guard["patience"] < 0:
         raise ConfigError(f"train.guard.patience must be an integer >= 0 (0 = off), got {guard['patience']!r}")
-    from pipelines.worker import solver_cfg
-
-    solver_cfg(dict(params.get("solver") or {}))  # validates
+    solver_config(dict(params.get("solver") or {}))  # validates
     params["train"] = train
     params.setdefault("seed", 0)
     return params
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
+def solver_config(solver: dict):
+    """params.yaml's ``solver:`` section as a validated SolverConfig (finiteness is checked by the worker loop)."""
+    from ots.solver_config import SolverConfig
+
+    return SolverConfig.from_dict({**solver, "check_every": 0})
+
+
+def deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
-def _abs_local(path: str) -> str:
+def abs_local(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())

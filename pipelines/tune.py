@@ -80,13 +80,9 @@ def run(params: dict) -> dict:
     from ots.data import open_dataset
     from ots.storage import parse_uri, redact_uri
     from pipelines.common import get_or_create_experiment, mlflow_client, ray_storage, resolve_tracking_uri
+    from pipelines.raywire import init_ray
     from pipelines.tune_report import MLflowChildren, error_line, record_best, trial_summary, write_outputs
     from pipelines.tune_trial import TrialContext, run_trial
-
-    try:  # the public name on the train helper's branch; the fallback goes when that branch is merged
-        from pipelines.raywire import init_ray
-    except ImportError:
-        from pipelines.train import _init_ray as init_ray
 
     tune, base = resolve_tune(params)
     base["train"]["dataset"] = parse_uri(base["train"]["dataset"]).uri  # absolute: trials run elsewhere

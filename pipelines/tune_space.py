@@ -82,7 +82,7 @@ class TuneConfig:
 
 def resolve_tune(params: dict) -> tuple[TuneConfig, dict]:
     """(the validated search config, the base params resolved for training: the point the search starts from)."""
-    from pipelines.train import resolve
+    from pipelines.train_config import resolve
 
     base = {k: copy.deepcopy(params[k]) for k in ("seed", "model", "solver", "train", "data") if k in params}
     if base.get("train") is None or isinstance(base["train"], dict):
@@ -174,7 +174,7 @@ def check_space(space: Any, base: dict) -> dict:
                 raise ConfigError(f"tune.space.{key}: randint needs integers, got {args!r}")
         out[key] = (name, args)
     # Every bound / choice must give a valid training config (sizes, solver options, cost weights).
-    from pipelines.train import resolve
+    from pipelines.train_config import resolve
 
     for key, (name, args) in out.items():
         values = args if name == "choice" else ([args[0], args[1] - 1] if name == "randint" else args)

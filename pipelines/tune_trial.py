@@ -82,7 +82,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     from ots.build import build_solver
     from ots.data import CropStream
-    from pipelines.worker import solver_cfg
+    from pipelines.train_config import solver_config
 
     device = torch.device(trial_device(ctx.resources))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -91,7 +91,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     torch.set_num_threads(max(1, int(ctx.resources.get("CPU", 1) or 1)))
     params = apply_overrides(ctx.params, sampled(config))
     train, seed, tune = params["train"], int(params["seed"]), ctx.tune
-    solver = build_solver(params["model"], solver_cfg(params["solver"]), device=device, distributed=False, seed=seed)
+    solver = build_solver(params["model"], solver_config(params["solver"]), device=device, distributed=False, seed=seed)
 
     B, uri = int(train["batch_size"]), train["dataset"]
     lr_stream = CropStream(uri, "lr", crop=train["lr_crop"] + 2 * solver.cfg.margin, batch_size=B, seed=seed)

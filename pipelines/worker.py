@@ -16,15 +16,9 @@ import tempfile
 from pathlib import Path
 
 from ots.errors import CheckpointError, NonFiniteLossError
+from pipelines.train_config import solver_config
 
 CKPT = "checkpoint.pt"
-
-
-def solver_cfg(solver: dict):
-    """params.yaml's ``solver:`` section as a validated SolverConfig (finiteness checked by the loop)."""
-    from ots.solver import SolverConfig
-
-    return SolverConfig.from_dict({**solver, "check_every": 0})
 
 
 class TrainWorker:
@@ -43,7 +37,7 @@ class TrainWorker:
         self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
         self.dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.device = ray.train.torch.get_device() if self.train["use_gpu"] else torch.device("cpu")
-        self.solver = build_solver(self.params["model"], solver_cfg(self.params.get("solver") or {}),
+        self.solver = build_solver(self.params["model"], solver_config(self.params.get("solver") or {}),
                                    device=self.device, distributed=self.dist, seed=self.seed)
         self.scale = int(self.params["model"]["map"].get("scale", 4))
         self.batch = int(self.train["batch_size"])
@@ -82,7 +76,7 @@ class TrainWorker:
     def _restore(self) -> int:
         import ray.train
 
-        from ots.solver import resume
+        from ots.checkpoint import resume
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
@@ -112,7 +106,7 @@ class TrainWorker:
         return node_ids
 
     def save(self, folder: str, step: int, val: dict | None) -> None:
-        from ots.solver import save_checkpoint
+        from ots.checkpoint import save_checkpoint
 
         extra = {"data": {"position": dict(self.pos), "seed": self.seed, "world_size": self.world},
                  "mlflow_run_id": self.run_id, "best": dict(self.best), "bad_evals": self.bad_evals,

@@ -48,7 +48,7 @@ def ckpt(tmp_path):
 
 
 def test_evaluate_pairs_with_absent_weights_reports_unavailable(pairs, ckpt, no_weights):
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     model = load_map(ckpt)
     res = evaluate_pairs(pairs, {"ots": model, "gan": None}, tile=16, overlap=4, device="cpu")
@@ -77,7 +77,7 @@ def test_evaluate_pairs_with_injected_random_backbones(pairs):
 
 
 def test_outputs_are_full_images_through_tiled_inference(pairs, ckpt):
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     model = load_map(ckpt)
     outs = upscale_pairs(pairs, {"ots": model}, tile=16, overlap=4, device="cpu")

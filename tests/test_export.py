@@ -26,7 +26,7 @@ def ckpt(tmp_path):
 def test_onnx_matches_eager_on_random_sizes(ckpt, tmp_path):
     import onnxruntime as ort
 
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     model = load_map(ckpt)
     path = export_onnx(model, tmp_path / "out" / "map.onnx", example_hw=(24, 32))

@@ -35,9 +35,10 @@ MAX_PIXELS, MAX_BYTES = 48 * 48, 40_000
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """A tiny EDSR whose weights are all non-zero (so its output differs from plain bicubic)."""
+    from ots.checkpoint import save_checkpoint
     from ots.costs import ReferenceMap, WeightedCost
     from ots.models import build_map, build_potential
-    from ots.solver import OTSSolver, save_checkpoint
+    from ots.solver import OTSSolver
 
     torch.manual_seed(seed)
     solver = OTSSolver(build_map(MAP), build_potential(POT), WeightedCost("mse"), ReferenceMap(4), {"k_T": 1},
@@ -68,7 +69,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def direct_model(checkpoint):
-    from ots.solver import load_map
+    from ots.checkpoint import load_map
 
     return load_map(checkpoint)
 

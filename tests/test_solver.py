@@ -1,19 +1,12 @@
 import pytest
 import torch
 
+from ots.checkpoint import load_map, resume, save_checkpoint
 from ots.costs import ReferenceMap, WeightedCost
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ots.models import build_map, build_potential
-from ots.solver import (
-    OTSSolver,
-    RegularizedGAN,
-    SolverConfig,
-    frozen,
-    gradient_penalty,
-    load_map,
-    resume,
-    save_checkpoint,
-)
+from ots.solver import OTSSolver, RegularizedGAN, frozen, gradient_penalty
+from ots.solver_config import SolverConfig
 
 MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
 POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines import common, train
+from pipelines import common, raywire, train
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -28,7 +28,7 @@ TINY_MODEL = {
 def ray_local():
     import ray
 
-    train.init_ray(num_cpus=2)
+    raywire.init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -120,7 +120,7 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
                                                         monkeypatch):
     from mlflow import MlflowClient
 
-    from ots.solver import load_checkpoint, load_map
+    from ots.checkpoint import load_checkpoint, load_map
 
     monkeypatch.setenv(train.TEST_HOOKS["inject_failure_at_step"], "5")
     # credentials in the tracking URI (the server ignores them) must never be printed or stored
@@ -199,7 +199,7 @@ def test_divergence_guard_stops_and_keeps_the_best_map(tmp_path, tiny_dataset, r
     map kept must be the best one seen (here the untrained map = bicubic), not the diverged last one."""
     from mlflow import MlflowClient
 
-    from ots.solver import load_checkpoint, load_map
+    from ots.checkpoint import load_checkpoint, load_map
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = make_params(tmp_path, tiny_dataset, uri, steps=20, image_every=0, guard={"patience": 2})
@@ -419,7 +419,7 @@ def test_two_nodes_one_worker_each_with_s3_checkpoints(tmp_path, tiny_dataset, s
     from ray.cluster_utils import Cluster
 
     ray.shutdown()  # the module's single-node instance
-    train.local_only()
+    raywire.local_only()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
     try:

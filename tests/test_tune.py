@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ots.errors import ConfigError
-from pipelines import common, train, tune, tune_space, tune_trial
+from pipelines import common, raywire, train, tune, tune_space, tune_trial
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -155,7 +155,7 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
     import ray
     from mlflow import MlflowClient
 
-    train.local_only()
+    raywire.local_only()
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=False, log_to_driver=False)
@@ -254,7 +254,7 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
                          grace_period=4, time_budget_s=900, storage_path=f"s3://{bucket}/tune",
                          resources_per_trial=resources,
                          space={"solver.lr_map": {"loguniform": [3e-5, 3e-3]}})
-    train.local_only()
+    raywire.local_only()
     ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, resources={"ots_Slot": 2},
              include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
