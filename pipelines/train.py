@@ -9,7 +9,7 @@ continues or starts (:mod:`pipelines.resume`: by default the latest unfinished r
 
 Checkpoints (``checkpoint.pt`` + ``meta.json``) are reported to Ray at step 0 (the untrained, bicubic-equivalent
 map), every ``checkpoint_every`` steps and at the last step, into ``storage_path`` (a local folder or
-``s3://bucket/prefix``; uploads to S3 are asynchronous). Ray keeps the ``keep_last_k`` best by ``val_swd`` plus
+``s3://bucket/prefix``; uploads to S3 are asynchronous). Ray keeps the ``keep_best_k`` best by ``val_swd`` plus
 the latest; ``best.pt`` is Ray's best checkpoint by val SWD. ``FailureConfig(max_failures)`` restarts the worker
 group from the latest checkpoint after a transient failure (preempted nodes count separately, without limit);
 deterministic ones (damaged data, bad checkpoint, unwritable or full storage) end the run at once in one line.
@@ -170,7 +170,7 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
                             resources_per_worker=dict(resources) if resources else None)
     run_config = RunConfig(
         name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
-        checkpoint_config=CheckpointConfig(num_to_keep=train["keep_last_k"], checkpoint_score_attribute="val_swd",
+        checkpoint_config=CheckpointConfig(num_to_keep=train["keep_best_k"], checkpoint_score_attribute="val_swd",
                                            checkpoint_score_order="min"),
         failure_config=FailureConfig(max_failures=train["max_failures"]),
         callbacks=[fail_fast_callback()],

@@ -14,7 +14,7 @@ TRAIN_DEFAULTS: dict = {
     "lr_crop": 16,
     "hr_crop": 64,
     "checkpoint_every": 20,
-    "keep_last_k": 2,
+    "keep_best_k": 2,
     "max_failures": 2,          # restarts after transient failures (preempted nodes: not counted, no limit)
     "num_workers": 1,
     "use_gpu": False,
@@ -63,7 +63,7 @@ def resolve(params: dict) -> dict:
     train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf, "guard": guard}
     if not train["dataset"]:
         train["dataset"] = (params.get("data") or {}).get("output") or "data/demo"
-    for k in ("steps", "batch_size", "checkpoint_every", "keep_last_k", "num_workers", "log_every"):
+    for k in ("steps", "batch_size", "checkpoint_every", "keep_best_k", "num_workers", "log_every"):
         if not isinstance(train[k], int) or train[k] < 1:
             raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
     if not isinstance(train["fresh"], bool):

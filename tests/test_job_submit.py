@@ -145,7 +145,7 @@ def test_ray_job_submit_trains_with_the_readme_runtime_env(tmp_path, s3_env, mlf
         "seed": 0, "model": TINY_MODEL, "data": {"output": dataset},
         "solver": {"k_T": 2, "lr_map": 1e-4, "lr_potential": 1e-4, "cost": {"mse": 1.0}, "anchor_every": 0},
         "train": {"steps": 4, "batch_size": 2, "lr_crop": 8, "hr_crop": 32, "checkpoint_every": 2,
-                  "keep_last_k": 2, "max_failures": 0, "num_workers": 1, "resources_per_worker": {"CPU": 1},
+                  "keep_best_k": 2, "max_failures": 0, "num_workers": 1, "resources_per_worker": {"CPU": 1},
                   "storage_path": f"s3://{bucket}/ray", "log_every": 2, "image_every": 0, "val_pairs": 2,
                   "output_dir": "outputs/train",  # relative: the job's working directory
                   "overrides": "infra/tuned.yaml",  # relative: inside the uploaded working_dir

@@ -41,7 +41,7 @@ def _no_env_tracking_uri(monkeypatch):
 def make_params(tmp_path: Path, dataset: str, tracking_uri: str, **train_overrides) -> dict:
     t = {
         "dataset": dataset, "steps": 6, "batch_size": 2, "lr_crop": 8, "hr_crop": 32,
-        "checkpoint_every": 2, "keep_last_k": 2, "max_failures": 2, "num_workers": 1,
+        "checkpoint_every": 2, "keep_best_k": 2, "max_failures": 2, "num_workers": 1,
         "resources_per_worker": {"CPU": 1}, "storage_path": str(tmp_path / "ray"), "log_every": 1,
         "image_every": 4, "image_count": 2, "val_pairs": 2, "output_dir": str(tmp_path / "out"),
         "mlflow": {"tracking_uri": tracking_uri, "experiment": "test-train"},
