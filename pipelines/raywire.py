@@ -58,8 +58,11 @@ def init_ray(num_cpus: int | None = None) -> None:
     # The dashboard serves the state API that Ray Train's placement-group cleaner polls every second (without it:
     # "Failed to query Ray Train Controller actor state" each time); RAY_ADDRESS in the job's processes names this
     # cluster's API, else the cleaner crashes ("Found multiple active Ray instances") when other Rays run here.
+    # One local node cannot be preempted: no preemption watcher (its actor start logs a core_worker error line).
+    env = {"RAY_ADDRESS": f"http://127.0.0.1:{port}", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # read by the controller this node starts
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=port, runtime_env={"env_vars": {"RAY_ADDRESS": f"http://127.0.0.1:{port}"}},
+             dashboard_port=port, runtime_env={"env_vars": env},
              _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=True)
 
 

@@ -11,6 +11,7 @@ non-finite loss is reported as the ``nonfinite`` metric and ends the loop on eve
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -236,6 +237,10 @@ class TrainWorker:
 def train_loop(config: dict) -> dict | None:
     """Ray Train's per-worker entry point; rank 0's return value (``Result.return_value``) names a non-finite
     loss."""
+    # Ray Train logs every report ("Reporting training result …") at INFO through the root logger's console
+    # handler (its logger is named by file path, so LoggingConfig's level does not reach it); our progress lines
+    # are prints. Warnings and errors still show.
+    logging.getLogger().setLevel(logging.WARNING)
     worker = TrainWorker(config)
     try:
         return worker.run()
