@@ -15,7 +15,6 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-# checkpoint files live in ots.checkpoint; these names stay importable from here
 from ots.costs import unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
 from ots.solver_config import SolverConfig
