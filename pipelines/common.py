@@ -55,8 +55,7 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
 
     Bad input (OTSError) and MLflow failures (server down, permissions) end as one line and exit code 2.
     """
-    from ots.errors import OTSError
-    from ots.storage import redact_uri
+    from ots.errors import OTSError, one_line
 
     ap = argparse.ArgumentParser(description=(doc or stage).splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -64,12 +63,12 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
     try:
         result = run(load_params(args.params), args.params)
     except OTSError as e:
-        print(f"{stage}: error: {redact_uri(' '.join(str(e).split()))}", file=sys.stderr)
+        print(f"{stage}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception as e:
         if type(e).__module__.split(".")[0] != "mlflow":
             raise
-        print(f"{stage}: error: MLflow: {redact_uri(' '.join(str(e).split()))[:500]}", file=sys.stderr)
+        print(f"{stage}: error: MLflow: {one_line(e, 500)}", file=sys.stderr)
         return 2
     if report is not None:
         report(result)

@@ -24,7 +24,7 @@ from ots.storage import redact_uri
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc artifact key that holds the map checkpoint
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
-__all__ = ["CHECKPOINT_ARTIFACT", "fetch", "is_registry_source", "load_map", "load_map_from_uri", "main",
+__all__ = ["CHECKPOINT_ARTIFACT", "fetch", "is_registry_source", "load_map", "main",
            "resolve_checkpoint"]
 
 
@@ -118,8 +118,6 @@ def load_map(source: str, device: str = "cpu"):
     with tempfile.TemporaryDirectory(prefix="ots-model-") as tmp:
         return load_file(resolve_checkpoint(str(source), tmp), device=device)
 
-
-load_map_from_uri = load_map  # the name serving and its tests used
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ots.storage import redact_uri
-from pipelines.models import load_map_from_uri, resolve_checkpoint
+from pipelines.models import load_map, resolve_checkpoint
 from pipelines.serving_http import BoundedUpscaleServer, ServeLimits
 from pipelines.serving_pyfunc import OTSUpscaler, decode_image, log_pyfunc_model, signature
 
@@ -30,7 +30,7 @@ def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: Se
     from ots.tiling import resolve_device
 
     if isinstance(model_source, str):
-        model = load_map_from_uri(model_source, device=str(resolve_device(device)))
+        model = load_map(model_source, device=str(resolve_device(device)))
     else:
         model, model_source = model_source, type(model_source).__name__
     srv = BoundedUpscaleServer(model, limits, tile=tile, overlap=overlap, device=device, precision=precision)
@@ -102,7 +102,7 @@ __all__ = [
     "OTSUpscaler",
     "ServeLimits",
     "decode_image",
-    "load_map_from_uri",
+    "load_map",
     "log_pyfunc_model",
     "resolve_checkpoint",
     "serve",

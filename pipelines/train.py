@@ -30,6 +30,7 @@ import signal
 import time
 from pathlib import Path
 
+from ots.atomic import atomic_path
 from ots.errors import NonFiniteLossError, OTSError
 from pipelines.raywire import init_ray  # first: it sets Ray's loopback switch before ray is imported
 from pipelines.train_config import abs_local, resolve
@@ -212,8 +213,8 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     best_meta: dict = {}
     for ckpt, dest in ((last, final), (best, best_file)):
         with ckpt.as_directory() as d:
-            shutil.copyfile(os.path.join(d, CKPT), f"{dest}.tmp")
-            os.replace(f"{dest}.tmp", dest)
+            with atomic_path(dest) as part:
+                shutil.copyfile(os.path.join(d, CKPT), part)
             best_meta = json.loads(Path(d, "meta.json").read_text())
     client.log_artifact(run_id, str(final), artifact_path="checkpoints")
     summary = {
