@@ -27,9 +27,10 @@ from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, model_scale, resolve_devic
 
 Pair = tuple[str, np.ndarray, np.ndarray]  # (name, LR uint8 HWC, HR uint8 HWC)
 
-METRICS = ("psnr", "ssim", "lpips", "fid", "swd")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False, "swd": False}
-LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "fid": "FID ↓", "swd": "SWD x1e3 ↓"}
+METRICS = ("psnr", "ssim", "lpips", "fid", "swd", "color")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False, "swd": False, "color": False}
+LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "fid": "FID ↓", "swd": "SWD x1e3 ↓",
+          "color": "colour dist ↓"}
 
 
 # ------------------------------------------------------------------------------------------------ upscaling

@@ -40,8 +40,12 @@ class Validation:
         from ots.metrics.swd import EVAL_PATCHES
 
         self.scale, self.device, self.seed, self.patches = scale, device, seed, patches or EVAL_PATCHES
-        self.bicubic = self.score([self._quantize(F.interpolate(x, scale_factor=scale, mode="bicubic",
-                                                                align_corners=False)) for x in self.lr])
+        self.bicubic = self.score(self.bicubic_outputs())
+
+    def bicubic_outputs(self, lr: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Bicubic x scale of the val LR images (or of ``lr``, inputs in [-1, 1]), on the uint8 grid: R(x)."""
+        return [self._quantize(F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False))
+                for x in (self.lr if lr is None else lr)]
 
     @staticmethod
     def _quantize(y: torch.Tensor) -> torch.Tensor:
@@ -57,11 +61,13 @@ class Validation:
         return out
 
     def score(self, outputs: list[torch.Tensor]) -> dict:
-        from ots.metrics import psnr, swd
+        """Colour-aware SWD against the HR set (the selection metric), mean PSNR, colour distance to HR."""
+        from ots.metrics import color_distance, psnr, swd
 
-        s = swd([o[0] for o in outputs], [h[0] for h in self.hr], patches_per_image=self.patches, seed=self.seed)
+        sr, hr = [o[0] for o in outputs], [h[0] for h in self.hr]
+        s = swd(sr, hr, patches_per_image=self.patches, seed=self.seed)
         p = sum(psnr(o, h) for o, h in zip(outputs, self.hr)) / len(outputs)
-        return {"swd": s["mean"], "psnr": p}
+        return {"swd": s["mean"], "psnr": p, "color": color_distance(sr, hr)}
 
     def __call__(self, net: torch.nn.Module) -> dict:
         return self.score(self.outputs(net))
@@ -76,7 +82,7 @@ def grid(path: str | Path, val: Validation, net: torch.nn.Module, columns: int =
     rows = []
     for x, o, h in list(zip(val.lr, outs, val.hr))[:columns]:
         near = F.interpolate((x + 1) / 2, scale_factor=val.scale, mode="nearest")
-        bic = Validation._quantize(F.interpolate(x, scale_factor=val.scale, mode="bicubic", align_corners=False))
+        (bic,) = val.bicubic_outputs([x])
         H, W = h.shape[-2:]
         c = min(crop, H, W)
         y0, x0 = (H - c) // 2, (W - c) // 2

@@ -1,13 +1,14 @@
-"""`ots bench ...`: benchmarks with JSON output (training step, inference, data loading, Gaussians, environment)."""
+"""`ots bench ...`: benchmarks with JSON output (training, inference, data, Gaussians, image ladder, environment)."""
 
 
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from ots.bench import env, gaussian, infer, report, train_cli
+    from ots.bench import env, gaussian, infer, ladder_cli, report, train_cli
     from ots.data import bench as data_bench
 
     gaussian.add_bench_command(bsub)
+    ladder_cli.add_bench_command(bsub)
     train_cli.add_bench_command(bsub)
     data_bench.add_bench_command(bsub)
     infer.add_bench_command(bsub)

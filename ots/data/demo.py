@@ -18,7 +18,6 @@ training photo, the pixel boxes (y0, y1, x0, x1) of its HR and LR cells. Determi
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ots.data.degradations import get_degradation
 from ots.data.sources import IMAGE_EXTS, SCALE, decode_rgb8, list_files
 from ots.errors import DataError
 
@@ -60,49 +60,6 @@ def demo_photos(photos: str | Path | None = None) -> list[Path]:
     if len(files) < 3:
         raise DataError(f"{photos or 'scikit-image data'}: need at least 3 photos, found {len(files)}")
     return files
-
-
-def _gaussian_kernel(rng: np.random.Generator, size: int = 21) -> tuple[np.ndarray, dict]:
-    if rng.random() < 0.5:
-        s = float(rng.uniform(0.4, 2.5))
-        sx, sy, theta, kind = s, s, 0.0, "isotropic"
-    else:
-        sx, sy = (float(v) for v in rng.uniform(0.4, 3.0, size=2))
-        theta, kind = float(rng.uniform(0, np.pi)), "anisotropic"
-    r = np.arange(size) - size // 2
-    xx, yy = np.meshgrid(r, r)
-    c, s_ = np.cos(theta), np.sin(theta)
-    u, v = c * xx + s_ * yy, -s_ * xx + c * yy
-    k = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
-    k /= k.sum()
-    return k, {"kernel": kind, "sigma_x": round(sx, 4), "sigma_y": round(sy, 4), "theta": round(theta, 4)}
-
-
-def degrade(img: np.ndarray, rng: np.random.Generator, scale: int = SCALE) -> tuple[np.ndarray, dict]:
-    """AIM19-like unknown degradation of a uint8 HWC image: blur, x``scale`` bicubic, noise, JPEG."""
-    from PIL import Image
-    from scipy.ndimage import convolve
-
-    h, w = (img.shape[0] // scale) * scale, (img.shape[1] // scale) * scale
-    x = img[:h, :w].astype(np.float32)
-    k, params = _gaussian_kernel(rng)
-    x = np.stack([convolve(x[..., c], k, mode="reflect") for c in range(3)], axis=-1)
-    x8 = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-    lr = np.asarray(Image.fromarray(x8).resize((w // scale, h // scale), Image.BICUBIC), dtype=np.float32)
-    if rng.random() < 0.5:
-        sigma = float(rng.uniform(1.0, 15.0))
-        lr = lr + rng.normal(0.0, sigma, size=lr.shape)
-        params.update(noise="gaussian", noise_sigma=round(sigma, 4))
-    else:
-        peak = float(rng.uniform(30.0, 300.0))
-        lr = rng.poisson(np.clip(lr, 0, 255) / 255.0 * peak) / peak * 255.0
-        params.update(noise="poisson", noise_peak=round(peak, 4))
-    lr8 = np.clip(np.rint(lr), 0, 255).astype(np.uint8)
-    q = int(rng.integers(40, 91))
-    buf = io.BytesIO()
-    Image.fromarray(lr8).save(buf, format="JPEG", quality=q)
-    params.update(jpeg_quality=q, scale=scale)
-    return decode_rgb8(buf.getvalue(), "jpeg"), params
 
 
 SPLITS = ("regions", "photos")
@@ -154,17 +111,22 @@ def build_demo(
     progress: bool = True,
     split: str = "regions",
     cell: int = 160,
+    degradation: str = "mix",
 ) -> dict:
-    """Build (or reuse, if already built with the same inputs) an AIM19-layout demo folder."""
+    """Build (or reuse, if already built with the same inputs) an AIM19-layout demo folder.
+
+    ``degradation``: how LR-domain cells and val LR images are made (:mod:`ots.data.degradations`; ``mix`` is
+    the AIM19-like default, the others are the image ladder's known-answer rungs)."""
     if split not in SPLITS:
         raise DataError(f"demo split must be one of {', '.join(SPLITS)}, got {split!r}")
+    degrade = get_degradation(degradation).apply
     out = Path(out_dir)
     files = demo_photos(photos)
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
     config = {"seed": seed, "max_side": max_side, "val_crop": val_crop, "scale": SCALE, "photos": h.hexdigest(),
-              "split": split, "cell": cell}
+              "split": split, "cell": cell, "degradation": degradation}
     meta_path = out / "degradation.json"
     if meta_path.is_file():
         try:

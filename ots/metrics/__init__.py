@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ots.errors import WeightsNotFoundError
+from ots.metrics.diagnostics import color_distance, grid_rms
 from ots.metrics.fid import (
     build_inception,
     fid,
@@ -28,6 +29,7 @@ from ots.metrics.swd import EVAL_PATCHES, laplacian_pyramid, sliced_wasserstein,
 __all__ = [
     "build_inception",
     "build_lpips",
+    "color_distance",
     "evaluate",
     "fid",
     "fid_from_features",
@@ -40,6 +42,7 @@ __all__ = [
     "psnr_batch",
     "quantize_uint8",
     "fid_crops",
+    "grid_rms",
     "rgb_to_y",
     "sliced_wasserstein",
     "ssim",
@@ -73,7 +76,8 @@ def evaluate(
     """All metrics for paired lists of (3, H, W) images in [0, 1] (SR outputs and their HR references).
 
     PSNR on [0, 1] RGB, SSIM on uint8-quantised RGB, LPIPS on [-1, 1], FID on random ``fid_crop`` crops, SWD of
-    SR vs HR. ``crop_border``/``y_channel``: PSNR and SSIM with that many border px shaved and on the BT.601 Y
+    SR vs HR (colour-aware: standardised by HR's statistics), ``color``: per-channel mean/std distance to HR.
+    ``crop_border``/``y_channel``: PSNR and SSIM with that many border px shaved and on the BT.601 Y
     channel (the protocol BasicSR reports); the defaults keep the team's RGB protocol.
     Pass models from :func:`load_optional` (``None`` = unavailable, its reason in ``unavailable``).
     Returns floats, ``None`` for unavailable metrics, and ``"unavailable": {metric: reason}``.
@@ -100,4 +104,5 @@ def evaluate(
         out["unavailable"].setdefault("fid", "no Inception model given")
     s = swd(sr, hr, seed=seed, patches_per_image=swd_patches)
     out["swd"], out["swd_levels"] = s["mean"], s["levels"]
+    out["color"] = color_distance(sr, hr)
     return out

@@ -1,12 +1,14 @@
 """Sliced Wasserstein distance on Laplacian-pyramid patches (Karras et al., Progressive GANs, 2018).
 
 Weights-free, so always computed. Per image: a Laplacian pyramid (5x5 binomial filter, reflect borders) down to a
-16-px level; from every level ``patches_per_image`` random 7x7 patches (3 x 7 x 7 descriptors). Per level and per
-set, every descriptor channel is normalised by that set's mean/std over all its patches and positions (as in the
-paper's code; ``normalize="reference"`` uses the second set's statistics for both, which also keeps contrast
-differences). SWD = mean over ``n_directions`` random unit directions of the 1-D Wasserstein-1 distance between
-the projected descriptor sets; reported x1e3 per level (finest first) and averaged. Seeded: same inputs, same
-numbers. Lower = the first set looks more like the second.
+16-px level; from every level ``patches_per_image`` random 7x7 patches (3 x 7 x 7 descriptors). Per level every
+descriptor channel is standardised before the projections. ``normalize="reference"`` (the default) uses the
+*second* (reference, HR) set's mean/std for both sets, so colour casts and contrast changes count; the paper's
+``"separate"`` standardises each set by its own statistics, which compares textures but is blind to colour and
+contrast (a perfect colour-cast inverse scores the same as the cast itself) -- never select or gate a
+restoration by it. SWD = mean over ``n_directions`` random unit directions of the 1-D Wasserstein-1 distance
+between the projected descriptor sets; reported x1e3 per level (finest first) and averaged. Seeded: same inputs,
+same numbers. Lower = the first set looks more like the second.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def swd(
     patch_size: int = 7,
     n_directions: int = 512,
     min_size: int = 16,
-    normalize: str = "separate",
+    normalize: str = "reference",
     seed: int = 0,
 ) -> dict:
     """SWD x1e3 between two image sets ((N, C, H, W) tensors or lists of (C, H, W), any value range).
