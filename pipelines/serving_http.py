@@ -77,9 +77,10 @@ class BoundedUpscaleServer:
         self.active = 0  # requests computing (only touched on the event loop)
         self.reserved = 0  # their estimated bytes
         self.stats = {"ok": 0, "busy": 0, "too_large": 0, "bad": 0, "timeout": 0, "cancelled": 0, "error": 0}
-        try:  # the 16-bit PNG decoder, imported now rather than inside the first request's deadline
+        try:  # the 16-bit PNG decoder and encoder, imported now rather than inside the first request's deadline
+            import cv2  # noqa: F401
             import torchvision.io  # noqa: F401
-        except ImportError:  # pragma: no cover - torchvision is a dependency
+        except ImportError:  # pragma: no cover - both are dependencies
             pass
 
     # -- request handling (event loop) ------------------------------------------------------------------

@@ -243,8 +243,9 @@ def example_png(h: int = 8, w: int = 8) -> bytes:
 def pip_requirements() -> list[str]:
     import torch
 
+    # opencv-python-headless: 16-bit RGB(A) answers are encoded by it (ots.imageio.encode_png)
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
-            "pillow", "pyyaml", "tqdm"]
+            "pillow", "opencv-python-headless", "pyyaml", "tqdm"]
 
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,
