@@ -175,7 +175,7 @@ def test_upscale_files_from_a_folder(tmp_path):
     write_image(src / "b.png", _rand_image(6, 5, 4, np.uint16))
     (src / "notes.txt").write_text("not an image")
     written = upscale_files(Nearest(2), [src], tmp_path / "out", progress=True, tile=4, overlap=2)
-    assert [p.name for p in written] == ["a_x2.png", "b_x2.png"]
+    assert [p.name for p in written] == ["a_out.png", "b_out.png"]
     b = read_image(written[1])
     assert b.shape == (12, 10, 4) and b.dtype == np.uint16
 
@@ -238,7 +238,7 @@ def test_cli_upscale_from_a_real_checkpoint(tmp_path, capsys):
     rc = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt), "--tile", "0",
                "--no-progress"])
     assert rc == 0, capsys.readouterr().err
-    out = read_image(tmp_path / "out" / "a_x2.png")
+    out = read_image(tmp_path / "out" / "a_out.png")
     assert np.array_equal(out, upscale_array(model, read_image(src / "a.png"), tile=None))
 
 
