@@ -4,13 +4,16 @@ A checkpoint is a ``torch.save`` dict: the solver state (``map``, ``map_ema``, `
 ``map_config`` (the map's builder config, so the map is rebuilt without knowing the run's params layout), the
 run ``config``, ``extra`` and ``rng``. Older checkpoints without ``map_config`` load from ``config.model.map``.
 Sources are local paths or storage URIs (``file://``, ``s3://``); model-registry URIs are resolved by the
-pipelines (``python -m pipelines.models fetch``), never here.
+pipelines (``python -m pipelines.models fetch``), never here. Named maps (``ots upscale -n NAME``, Real-ESRGAN's
+habit) are files ``NAME.pt`` / ``NAME.pth`` in one folder, ``$OTS_MODELS`` (default ``~/.cache/ots/models``), where
+``pipelines.models fetch`` puts registry models by default.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +22,10 @@ from torch import nn
 from ots.atomic import atomic_path
 from ots.errors import CheckpointError, StorageError, one_line
 
-__all__ = ["load_checkpoint", "load_map", "resume", "save_checkpoint"]
+__all__ = ["MODELS_ENV", "load_checkpoint", "load_map", "models_dir", "named_map", "resume", "save_checkpoint"]
+
+MODELS_ENV = "OTS_MODELS"  # the folder of named maps
+MAP_SUFFIXES = (".pt", ".pth")
 
 
 def save_checkpoint(path: str | os.PathLike, solver: Any, config: dict | None = None, extra: dict | None = None,
@@ -99,3 +105,28 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.
     except RuntimeError as e:
         raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {one_line(e, 300)}") from e
     return model.to(device).eval()
+
+
+def models_dir() -> Path:
+    """The folder of named maps: ``$OTS_MODELS``, default ``$XDG_CACHE_HOME/ots/models`` (``~/.cache/ots/models``)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ots" / "models"
+
+
+def named_map(name: str) -> Path:
+    """The checkpoint file of the map called ``name`` in :func:`models_dir` (``name.pt`` or ``name.pth``);
+    CheckpointError (one line, listing the names there) when there is none."""
+    folder = models_dir()
+    stem = name[: -len(Path(name).suffix)] if Path(name).suffix in MAP_SUFFIXES else name
+    if not stem or "/" in stem or ":" in stem or stem.startswith("."):  # a path or a URI, not a name
+        raise CheckpointError(f"-n/--model_name takes the name of a map in {folder}, got {name!r}: pass a file or "
+                              f"storage URI with --model_path; fetch a registry model first: python -m "
+                              f"pipelines.models fetch {name} -n NAME")
+    for suffix in MAP_SUFFIXES:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    known = sorted({p.stem for p in folder.glob("*") if p.suffix in MAP_SUFFIXES}) if folder.is_dir() else []
+    raise CheckpointError(
+        f"no map named {stem!r} in {folder} (${MODELS_ENV}; has: {', '.join(known) or 'none'}); put {stem}.pt "
+        f"there, or fetch a registry model into it: python -m pipelines.models fetch <registry URI> -n {stem}")

@@ -10,16 +10,15 @@ so a bomb costs nothing and ends as one :class:`ots.errors.DataError` line like 
 (``round(v * 255 / 65535)``, never clipped), gray is replicated, alpha is dropped.
 
 Files: :func:`read_image` / :func:`probe_file` (header only) and :func:`write_image` (atomic; PNG through
-:func:`encode_png`, which keeps 16 bit, other formats through Pillow). Errors are one-line
-:class:`ots.errors.InferenceError` at the file doors, :class:`ots.errors.DataError` for bytes.
+:func:`encode_png` -- Pillow, and OpenCV for the 16-bit colour Pillow cannot write --, other formats through
+Pillow). Errors are one-line :class:`ots.errors.InferenceError` at the file doors, :class:`ots.errors.DataError`
+for bytes.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from ots.errors import ConfigError, DataError, InferenceError, one_line
 # Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_LEVEL = 6  # zlib level of PNG outputs: Pillow's and libpng's default
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -206,24 +206,32 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """Minimal PNG encoder for uint8/uint16 gray, gray+alpha, RGB and RGBA (keeps 16-bit, unlike Pillow)."""
+    """PNG bytes of a uint8/uint16 gray, gray+alpha, RGB or RGBA image, through maintained encoders (zlib level 6,
+    libpng's adaptive row filters): Pillow for 8 bit and 16-bit gray, OpenCV (``cv2.imencode``, as BasicSR and
+    Real-ESRGAN write) for 16-bit colour, which Pillow cannot write. 16-bit gray+alpha, which neither writes, is
+    stored as 16-bit RGBA (gray replicated): every value is kept, the decoded layout has 4 channels."""
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[:, :, None]
-    h, w, c = a.shape
-    if c not in (1, 2, 3, 4) or a.dtype not in (np.uint8, np.uint16):
-        raise ConfigError(f"cannot encode a {a.dtype} image with {c} channels as PNG")
-    depth = 16 if a.dtype == np.uint16 else 8
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    rows = np.ascontiguousarray(a.astype(">u2" if depth == 16 else np.uint8)).reshape(h, -1).view(np.uint8)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()  # filter type 0 per row
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.dtype not in (np.uint8, np.uint16) or not a.size:
+        raise ConfigError(f"cannot encode a {a.dtype} image of shape {np.asarray(image).shape} as PNG")
+    c = a.shape[2]
+    if a.dtype == np.uint8 or c == 1:
+        from PIL import Image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(a[:, :, 0] if c == 1 else a)).save(buf, format="PNG",
+                                                                                compress_level=PNG_LEVEL)
+        return buf.getvalue()
+    import cv2  # lazily: only 16-bit colour needs it
 
-    header = struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
-            + chunk(b"IEND", b""))
+    if c == 2:
+        a = np.concatenate([a[:, :, :1]] * 3 + [a[:, :, 1:]], axis=2)
+    bgr = cv2.cvtColor(a, cv2.COLOR_RGB2BGR if c == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+    if not ok:  # pragma: no cover - libpng refuses nothing that passed the checks above
+        raise ConfigError(f"OpenCV could not encode a {a.dtype} image of shape {a.shape} as PNG")
+    return buf.tobytes()
 
 
 def write_image(path: str | Path, image: np.ndarray) -> Path:

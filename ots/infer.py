@@ -38,7 +38,9 @@ from ots.tiling import (
 )
 
 __all__ = [
+    "DEFAULT_EXT",
     "DEFAULT_OVERLAP",
+    "DEFAULT_SUFFIX",
     "DEFAULT_TILE",
     "Cancelled",
     "available_memory",
@@ -133,10 +135,15 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def output_paths(files: Sequence[Path], output: str | Path, scale: float, *, suffix: str | None = None,
-                 ext: str = "png", overwrite: bool = False) -> list[Path]:
+# Real-ESRGAN's defaults (inference_realesrgan.py): folder outputs are <name>_out.<the input's extension>
+DEFAULT_SUFFIX = "out"
+DEFAULT_EXT = "auto"
+
+
+def output_paths(files: Sequence[Path], output: str | Path, *, suffix: str = DEFAULT_SUFFIX,
+                 ext: str = DEFAULT_EXT, overwrite: bool = False) -> list[Path]:
     """Where each input goes. One input and an image-suffixed ``output`` -> that file; otherwise ``output`` is a
-    folder of ``<name>_<suffix>.<ext>`` (suffix default ``x<scale>``, ``""`` = none; ext ``auto`` = the input's).
+    folder of ``<name>_<suffix>.<ext>`` (``suffix=""``: ``<name>.<ext>``; ext ``auto`` = the input's).
 
     Refuses (before any work) to write over an input unless ``overwrite``, and two inputs mapping to one output.
     """
@@ -146,13 +153,12 @@ def output_paths(files: Sequence[Path], output: str | Path, scale: float, *, suf
     else:
         if out.exists() and not out.is_dir():
             raise InferenceError(f"output {out} is a file but {len(files)} inputs were given; pass a folder")
-        tag = f"x{scale:g}" if suffix is None else suffix
         ext = ext.lower().lstrip(".")
         targets = []
         for f in files:
             e = f.suffix.lower().lstrip(".") if ext == "auto" else ext
             e = "png" if e == "gif" else e  # no animated/palette output
-            targets.append(out / f"{f.stem}{'_' + tag if tag else ''}.{e}")
+            targets.append(out / f"{f.stem}{'_' + suffix if suffix else ''}.{e}")
         if len({t.name for t in targets}) != len(targets):
             raise InferenceError("two inputs map to the same output name; upscale them into separate folders")
     if not overwrite:
@@ -190,8 +196,8 @@ def upscale_files(
     *,
     progress: bool = True,
     outscale: float | None = None,
-    suffix: str | None = None,
-    ext: str = "png",
+    suffix: str = DEFAULT_SUFFIX,
+    ext: str = DEFAULT_EXT,
     overwrite: bool = False,
     max_memory: int | None = None,
     on_error=None,
@@ -210,7 +216,7 @@ def upscale_files(
     scale = model_scale(model)
     if outscale is not None and not (0 < outscale <= 16 * scale):
         raise ConfigError(f"outscale must be in (0, {16 * scale}], got {outscale}")
-    targets = output_paths(files, output, outscale or scale, suffix=suffix, ext=ext, overwrite=overwrite)
+    targets = output_paths(files, output, suffix=suffix, ext=ext, overwrite=overwrite)
     check_writable(targets)
     pairs = list(zip(files, targets))
     if progress:

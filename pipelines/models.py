@@ -4,6 +4,7 @@ The library (:mod:`ots`) loads files and storage URIs only; everything that know
 The tracking server comes from ``$MLFLOW_TRACKING_URI``. CLI::
 
     python -m pipelines.models fetch models:/ots@champion -o map.pt
+    python -m pipelines.models fetch models:/ots@champion -n ots@champion   # then: ots upscale -n ots@champion
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ots.storage import redact_uri
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc artifact key that holds the map checkpoint
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
-__all__ = ["CHECKPOINT_ARTIFACT", "fetch", "is_registry_source", "load_map", "main",
+__all__ = ["CHECKPOINT_ARTIFACT", "fetch", "is_registry_source", "load_map", "main", "named_map_path",
            "resolve_checkpoint"]
 
 
@@ -120,6 +121,15 @@ def load_map(source: str, device: str = "cpu"):
 
 
 
+def named_map_path(name: str) -> Path:
+    """Where ``ots upscale -n name`` looks for the map ``name`` (``ots.checkpoint.models_dir()/name.pt``)."""
+    from ots.checkpoint import models_dir
+
+    if not name or "/" in name or name.startswith("."):
+        raise CheckpointError(f"a map name is a file stem such as ots-sr@champion, got {name!r}")
+    return models_dir() / f"{name}.pt"
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.models fetch <source> -o map.pt``: one line on stderr and exit 2 on any error."""
     import argparse
@@ -132,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download the map checkpoint behind a registry URI or run id")
     f.add_argument("source", help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path> or a run id")
-    f.add_argument("-o", "--output", required=True, help="local checkpoint file to write (e.g. map.pt)")
+    to = f.add_mutually_exclusive_group(required=True)
+    to.add_argument("-o", "--output", help="local checkpoint file to write (e.g. map.pt)")
+    to.add_argument("-n", "--name", help="save as the named map NAME (NAME.pt in $OTS_MODELS) that "
+                                         "`ots upscale -n NAME` loads")
     args = ap.parse_args(argv)
     try:
-        print(fetch(args.source, args.output))
+        print(fetch(args.source, args.output or named_map_path(args.name)))
     except (OTSError, MlflowException, OSError) as e:
         print(f"models: error: {one_line(e)}", file=sys.stderr)
         return 2

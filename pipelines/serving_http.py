@@ -16,12 +16,11 @@ payloads with those bounds:
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
+from pipelines.serving_payload import decode_b64, encode_b64, max_b64_chars
 from pipelines.serving_pyfunc import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 
 __all__ = ["BoundedUpscaleServer", "ServeLimits"]
@@ -77,9 +76,10 @@ class BoundedUpscaleServer:
         self.active = 0  # requests computing (only touched on the event loop)
         self.reserved = 0  # their estimated bytes
         self.stats = {"ok": 0, "busy": 0, "too_large": 0, "bad": 0, "timeout": 0, "cancelled": 0, "error": 0}
-        try:  # the 16-bit PNG decoder, imported now rather than inside the first request's deadline
+        try:  # the 16-bit PNG decoder and encoder, imported now rather than inside the first request's deadline
+            import cv2  # noqa: F401
             import torchvision.io  # noqa: F401
-        except ImportError:  # pragma: no cover - torchvision is a dependency
+        except ImportError:  # pragma: no cover - both are dependencies
             pass
 
     # -- request handling (event loop) ------------------------------------------------------------------
@@ -183,13 +183,15 @@ class BoundedUpscaleServer:
         for k, v in enumerate(values):
             if not isinstance(v, str):
                 raise _HTTPError(400, "BAD_REQUEST", f"image[{k}]: expected a base64 string")
-            if len(v) > self.limits.max_bytes * 4 // 3 + 8:
+            if len(v) > max_b64_chars(self.limits.max_bytes):
                 raise _HTTPError(413, "REQUEST_LIMIT_EXCEEDED",
                                  f"image[{k}]: larger than the limit of {self.limits.max_bytes} bytes")
+            from ots.errors import DataError
+
             try:
-                images.append(base64.b64decode(v, validate=False))
-            except (binascii.Error, ValueError) as e:
-                raise _HTTPError(400, "BAD_REQUEST", f"image[{k}]: not valid base64 ({e})") from e
+                images.append(decode_b64(v, f"image[{k}]"))
+            except DataError as e:
+                raise _HTTPError(400, "BAD_REQUEST", str(e)) from e
         return images, params
 
     async def _invocations(self, body: bytes) -> dict:
@@ -288,6 +290,6 @@ class BoundedUpscaleServer:
                 raise _HTTPError(400, "BAD_REQUEST", str(e)) from e
             except MemoryError as e:
                 raise _HTTPError(503, "TEMPORARILY_UNAVAILABLE", "out of memory; retry later") from e
-            rows.append({"image": base64.b64encode(encode_png(out)).decode(), "height": int(out.shape[0]),
+            rows.append({"image": encode_b64(encode_png(out)), "height": int(out.shape[0]),
                          "width": int(out.shape[1])})
         return rows

@@ -9,12 +9,11 @@ Payload (``POST /invocations``, ``Content-Type: application/json``)::
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], ...]},
      "params": {"tile": 256, "overlap": 32}}          # params optional
 
-``image`` is a ``binary`` column: base64 in JSON (MLflow decodes it), raw ``bytes`` from Python
-(``pyfunc_model.predict(pd.DataFrame({"image": [png_bytes]}))``). Any format Pillow reads is accepted (PNG, JPEG,
-...; gray, gray+alpha, RGB, RGBA; 8 or 16 bit). Arrays: encode them with ``ots.imageio.encode_png`` (lossless,
-keeps 16 bit) -- or, bypassing the schema, ``unwrap_python_model().predict(None, df)`` takes uint8/uint16 numpy
-arrays in the ``image`` column. The answer is ``{"predictions": [{"image": "<base64 PNG>", "height": H,
-"width": W}, ...]}`` (same bit depth and channel layout as the input, ``scale`` times larger).
+``image``: a ``string`` column in the base64 convention of :mod:`pipelines.serving_payload`, decoded here (not
+by MLflow); raw ``bytes`` from Python, or uint8/uint16 arrays through ``unwrap_python_model().predict(None, df)``.
+Any format Pillow reads (gray, gray+alpha, RGB, RGBA; 8 or 16 bit). The answer, as from
+:mod:`pipelines.serving_http`: ``{"predictions": [{"image": "<base64 PNG>", "height": H, "width": W}, ...]}``
+(same bit depth and channel layout as the input, ``scale`` times larger).
 
 Bad inputs (not an image, empty, more than ``max_bytes`` bytes or ``max_pixels`` pixels, bad tiling params) raise
 ``MlflowException(INVALID_PARAMETER_VALUE)``: the scoring server answers HTTP 400 with the message and keeps
@@ -23,8 +22,6 @@ serving. Malformed JSON and a missing ``image`` column are rejected by MLflow it
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import tempfile
 import threading
@@ -45,6 +42,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from pipelines.models import CHECKPOINT_ARTIFACT
+from pipelines.serving_payload import decode_b64, encode_b64, max_b64_chars
 
 DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
@@ -79,16 +77,20 @@ def _request_timeout() -> float:
 
 def decode_image(value: Any, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                  where: str = "image") -> np.ndarray:
-    """bytes / base64 str / uint8|uint16 array -> (H, W, C) array; MlflowException (400) on anything else."""
+    """bytes / base64 str (:mod:`pipelines.serving_payload`) / uint8|uint16 array -> (H, W, C) array;
+    MlflowException (400) on anything else."""
+    from ots.errors import DataError
+    from ots.imageio import decode_image as _decode
+
     if isinstance(value, np.ndarray) and value.dtype != object:
         return _check_array(value, max_pixels, where)
     if isinstance(value, str):
-        if len(value) > max_bytes * 4 // 3 + 8:
+        if len(value) > max_b64_chars(max_bytes):
             raise _bad(f"{where}: payload larger than the limit of {max_bytes} bytes")
         try:
-            value = base64.b64decode(value, validate=False)
-        except (binascii.Error, ValueError) as e:
-            raise _bad(f"{where}: not valid base64 ({e})") from e
+            value = decode_b64(value, where)
+        except DataError as e:
+            raise _bad(str(e)) from e
     if isinstance(value, (bytearray, memoryview)):
         value = bytes(value)
     if not isinstance(value, bytes):
@@ -97,8 +99,6 @@ def decode_image(value: Any, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: 
         raise _bad(f"{where}: empty image (0 bytes)")
     if len(value) > max_bytes:
         raise _bad(f"{where}: {len(value)} bytes, larger than the limit of {max_bytes} bytes")
-    from ots.errors import DataError
-    from ots.imageio import decode_image as _decode
 
     try:  # the decoder prepare and `ots upscale` share: 16-bit gray, RGB and RGBA PNGs stay 16-bit
         arr = _decode(value, where, max_pixels=max_pixels)
@@ -127,7 +127,7 @@ def _check_array(a: np.ndarray, max_pixels: int, where: str) -> np.ndarray:
 
 
 class OTSUpscaler(mlflow.pyfunc.PythonModel):
-    """Upscales each row's ``image`` with the trained map, tiled; returns PNG bytes."""
+    """Upscales each row's ``image`` with the trained map, tiled; returns base64 PNGs."""
 
     def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", precision: str = "auto",
@@ -215,7 +215,8 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                         else INTERNAL_ERROR
                     raise MlflowException(f"upscaling failed ({type(e).__name__}); see the server log",
                                           error_code=code) from None
-                rows.append({"image": encode_png(out), "height": int(out.shape[0]), "width": int(out.shape[1])})
+                rows.append({"image": encode_b64(encode_png(out)), "height": int(out.shape[0]),
+                             "width": int(out.shape[1])})
         finally:
             _SLOTS.release()
         return pd.DataFrame(rows, columns=["image", "height", "width"])
@@ -226,8 +227,10 @@ def signature(tile: int = 256, overlap: int = 32):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
-        outputs=Schema([ColSpec("binary", "image"), ColSpec("long", "height"), ColSpec("long", "width")]),
+        # string, not binary: MLflow would decode a binary column itself (no data-URI prefix) and re-encode
+        # answers with line breaks; serving_payload does both, the same way as the bounded server
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "image"), ColSpec("long", "height"), ColSpec("long", "width")]),
         params=ParamSchema([ParamSpec("tile", "long", int(tile)), ParamSpec("overlap", "long", int(overlap))]),
     )
 
@@ -243,8 +246,9 @@ def example_png(h: int = 8, w: int = 8) -> bytes:
 def pip_requirements() -> list[str]:
     import torch
 
+    # opencv-python-headless: 16-bit RGB(A) answers are encoded by it (ots.imageio.encode_png)
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
-            "pillow", "pyyaml", "tqdm"]
+            "pillow", "opencv-python-headless", "pyyaml", "tqdm"]
 
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,
@@ -271,7 +275,7 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
                       "max_bytes": int(max_bytes), "device": device, "precision": precision},
         artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
         signature=signature(tile, overlap),
-        input_example=pd.DataFrame({"image": [example_png()]}),
+        input_example=pd.DataFrame({"image": [encode_b64(example_png())]}),
         pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
     )

@@ -16,8 +16,9 @@ deterministic ones (damaged data, bad checkpoint, unwritable or full storage) en
 The divergence guard (``train.guard``) stops a run whose val SWD stays worse than bicubic's, keeping the best map.
 Outputs: ``<output_dir>/final.pt`` (loadable by ``ots.checkpoint.load_map``), ``best.pt`` and ``run.json``.
 
-When run under ``ray job submit`` (``RAY_ADDRESS`` set) it joins that cluster; otherwise it starts a local
-Ray bound to 127.0.0.1.
+Where it trains: with a Ray job server (``train.cluster``, or ``RAY_ADDRESS=http(s)://head:8265``) the stage
+submits itself there as a Ray job and brings the outputs home (:mod:`pipelines.cluster`); inside a Ray job
+(``RAY_ADDRESS`` = the cluster's GCS) it joins that cluster; otherwise it starts a local Ray on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 
 from ots.atomic import atomic_path
 from ots.errors import NonFiniteLossError, OTSError
-from pipelines.raywire import init_ray  # first: it sets Ray's loopback switch before ray is imported
+from pipelines.cluster import JOB_OUTPUT_ENV, job_server, publish, submit
+from pipelines.raywire import init_ray  # before anything imports ray: it sets Ray's loopback switch
 from pipelines.train_config import abs_local, resolve
 from pipelines.worker import CKPT, train_loop
 
@@ -86,6 +88,8 @@ def run(params: dict, fresh: bool = False) -> dict:
     try:
         summary = _fit(params, client, run_id, run_name, chash, (storage_path, storage_fs, storage_uri), out_dir)
         status = "FINISHED"
+        if os.environ.get(JOB_OUTPUT_ENV):  # a cluster run: the submitting stage copies these home
+            publish(out_dir, os.environ[JOB_OUTPUT_ENV])
         return summary
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM
         status = "KILLED"
@@ -249,17 +253,27 @@ def _on_term(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple) -> int:
-    """The train-like stages' CLI: ``--params``, ``--fresh``; SIGTERM ends the MLflow run KILLED (via
-    KeyboardInterrupt), not RUNNING forever."""
+def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
+          module: str = "pipelines.train") -> int:
+    """The train-like stages' CLI (``python -m module``): ``--params``, ``--fresh``; trains here or, with a Ray job
+    server (:func:`pipelines.cluster.job_server`), as a Ray job of the same command. SIGTERM ends the MLflow run
+    KILLED (via KeyboardInterrupt), not RUNNING forever, and stops a submitted job."""
     from pipelines.common import stage_main
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     flags, rest = pre.parse_known_args(argv)
+
+    def train_or_submit(doc_: dict, path: str) -> dict:
+        params = make_params(doc_)
+        address = job_server(resolve(params)["train"])
+        if address:
+            return submit(module, path, params, address, fresh=flags.fresh, stage=name)
+        return run(params, fresh=flags.fresh)
+
     previous = signal.signal(signal.SIGTERM, _on_term)
     try:
-        return stage_main(name, doc, lambda doc_, _path: run(make_params(doc_), fresh=flags.fresh), rest,
+        return stage_main(name, doc, train_or_submit, rest,
                           lambda summary: print(json.dumps({k: summary[k] for k in keys})))
     finally:
         signal.signal(signal.SIGTERM, previous)

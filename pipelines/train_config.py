@@ -34,6 +34,8 @@ TRAIN_DEFAULTS: dict = {
     "mlflow": {"tracking_uri": None, "experiment": "ots"},
     "progress": True,
     "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first
+    "cluster": None,            # Ray job server (http://head:8265): the stage runs as a job there (pipelines.cluster);
+                                # None = $RAY_ADDRESS when it is http(s)://, else here
 }
 
 
@@ -66,6 +68,9 @@ def resolve(params: dict) -> dict:
     for k in ("steps", "batch_size", "checkpoint_every", "keep_best_k", "num_workers", "log_every"):
         if not isinstance(train[k], int) or train[k] < 1:
             raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
+    if train["cluster"] is not None and not str(train["cluster"]).startswith(("http://", "https://")):
+        raise ConfigError(f"train.cluster must be a Ray job server address (http://head:8265) or null, got "
+                          f"{train['cluster']!r}")
     if not isinstance(train["fresh"], bool):
         raise ConfigError(f"train.fresh must be true or false, got {train['fresh']!r}")
     for k in ("max_failures", "image_every", "image_count", "val_pairs", "val_images"):

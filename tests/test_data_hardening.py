@@ -61,7 +61,7 @@ def _ramp16(h, w, c, seed=0):
 @pytest.mark.parametrize("c", [1, 2, 3, 4])
 def test_16bit_png_every_kind_is_rescaled_not_clipped(c):
     a = _ramp16(20, 30, c)
-    png = encode_png(a)
+    png = png_any(a)
     raw = decode_any(png, "x.png")
     assert raw.dtype == np.uint16 and np.array_equal(raw, a)  # one decoder, lossless
     rgb = decode_rgb8(png, "x.png")  # the data layer's uint8 RGB
@@ -95,13 +95,27 @@ def test_upscale_and_data_layer_share_the_decoder(tmp_path):
 # --------------------------------------------------------------------------------------------- bombs
 
 
-def bomb_png(w: int, h: int) -> bytes:
-    """A tiny file whose header claims w x h RGB pixels (the data is a short zero stream)."""
+def _png(w: int, h: int, depth: int, color_type: int, raw: bytes) -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    """A tiny file whose header claims w x h RGB pixels (the data is a short zero stream)."""
+    return _png(w, h, 8, 2, b"\0" * 4096)
+
+
+def png_any(a: np.ndarray) -> bytes:
+    """``encode_png``, except for 16-bit gray+alpha, which no maintained encoder writes (ots writes it as RGBA):
+    those are built here, as other software writes them, for the decoder to read."""
+    if a.dtype != np.uint16 or a.shape[2] != 2:
+        return encode_png(a)
+    rows = np.ascontiguousarray(a.astype(">u2")).reshape(a.shape[0], -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((a.shape[0], 1), np.uint8), rows], axis=1).tobytes()
+    return _png(a.shape[1], a.shape[0], 16, 4, raw)
 
 
 def test_bomb_is_one_line_and_skippable(aim19_dir, tiny_cfg, tmp_path):
@@ -151,5 +165,5 @@ def test_image_info_matches_the_decoder(c, dtype):
     from ots.imageio import image_info
 
     a = (np.random.default_rng(c).integers(0, 255, (7, 9, c)) * (257 if dtype == np.uint16 else 1)).astype(dtype)
-    png = encode_png(a)
+    png = png_any(a)
     assert image_info(png) == (7, 9, c, a.itemsize) and decode_any(png).shape == (7, 9, c)

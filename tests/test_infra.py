@@ -26,7 +26,8 @@ DISTS = {"torch": "torch", "torchvision": "torchvision", "lpips": "lpips", "pyar
          "tqdm": "tqdm", "yaml": "pyyaml", "ray": "ray", "mlflow": "mlflow", "dvc": "dvc", "boto3": "boto3",
          "botocore": "boto3", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript",
          "pytest": "pytest", "moto": "moto", "psutil": "psutil", "packaging": "pytest",
-         "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn"}
+         "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn", "cv2": "opencv-python-headless",
+         "jsonschema": "jsonschema"}
 
 
 def _requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
@@ -203,3 +204,40 @@ def test_kuberay_manifests_use_crd_fields():
 def test_every_infra_yaml_parses():
     for f in sorted((ROOT / "infra").glob("*.yaml")):
         assert list(yaml.safe_load_all(f.read_text())), f
+
+
+# -- the serving manifest (issue 20 item 7) -------------------------------------------------------------------
+def test_serving_manifest_validates_against_the_kubernetes_schemas():
+    """infra/serving.yaml against the strict Kubernetes v1.37 JSON schemas of Deployment and Service (a vendored
+    subset: tests/data/k8s_v1.37_deployment_service.schema.json), and wired the way the server runs."""
+    import jsonschema
+
+    schemas = json.loads((ROOT / "tests" / "data" / "k8s_v1.37_deployment_service.schema.json").read_text())
+
+    def errors(doc) -> list[str]:
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": schemas["$defs"],
+                  "$ref": f"#/$defs/{doc['kind']}"}
+        return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "infra" / "serving.yaml").read_text()) if d]
+    assert sorted(d["kind"] for d in docs) == ["Deployment", "Service"]
+    for doc in docs:
+        assert errors(doc) == [], doc["kind"]
+    deploy, service = sorted(docs, key=lambda d: d["kind"])
+    (pod,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert pod["image"] == _image() and pod["command"] == ["python", "-m", "pipelines.serving"]
+    args = dict(zip(pod["args"][::2], pod["args"][1::2]))
+    source = (ROOT / "pipelines" / "serving.py").read_text()
+    assert all(f'"{flag}"' in source for flag in args)  # flags the server's parser has
+
+    port = pod["ports"][0]
+    assert args["--port"] == str(port["containerPort"]) and args["--host"] == "0.0.0.0"
+    assert pod["readinessProbe"]["httpGet"] == {"path": "/ping", "port": port["name"]}
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"] and service["spec"]["type"] == "ClusterIP"
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+    # the schemas do catch a misspelt field and a wrong type
+    bad = copy.deepcopy(deploy)
+    bad["spec"]["replica"] = bad["spec"].pop("replicas")
+    bad["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8080"
+    assert len(errors(bad)) == 2

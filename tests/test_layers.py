@@ -140,7 +140,8 @@ def test_long_modules_say_why(module):
 
 
 # -- dependencies follow the layers ---------------------------------------------------------------------------
-DISTS = {"PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml", "botocore": "boto3", "dvc_s3": "dvc-s3"}
+DISTS = {"PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml", "botocore": "boto3", "dvc_s3": "dvc-s3",
+         "cv2": "opencv-python-headless"}
 
 
 def _declared(*extras: str) -> set[str]:

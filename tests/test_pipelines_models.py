@@ -40,8 +40,8 @@ def _same_map(a, b) -> None:
     torch.testing.assert_close(a(x), b(x))
 
 
-def test_fetch_alias_version_and_run_id_to_a_local_file(registry, tmp_path, capsys):
-    from ots.checkpoint import load_map
+def test_fetch_alias_version_and_run_id_to_a_local_file(registry, tmp_path, capsys, monkeypatch):
+    from ots.checkpoint import load_map, named_map
 
     ref = load_map(registry["checkpoint"])
     for i, source in enumerate(["models:/ots-test@champion", f"models:/ots-test/{registry['version']}",
@@ -52,6 +52,11 @@ def test_fetch_alias_version_and_run_id_to_a_local_file(registry, tmp_path, caps
         _same_map(load_map(out), ref)
         _same_map(models.load_map(source), ref)
     assert models.is_registry_source("runs:/abc/x.pt") and not models.is_registry_source("outputs/train/best.pt")
+    # -n NAME: into $OTS_MODELS, where `ots upscale -n NAME` (ots.checkpoint.named_map) finds it
+    monkeypatch.setenv("OTS_MODELS", str(tmp_path / "maps"))
+    assert models.main(["fetch", "models:/ots-test@champion", "-n", "ots-test@champion"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "maps" / "ots-test@champion.pt")
+    _same_map(load_map(named_map("ots-test@champion")), ref)
 
 
 def test_fetch_errors_are_one_line_and_write_nothing(registry, tmp_path, capsys):

@@ -107,15 +107,66 @@ def test_python_model_predict_matches_direct_inference(checkpoint, direct_model)
     out = m.predict(None, pd.DataFrame({"image": [encode_png(img), gray16]}))
     assert list(out.columns) == ["image", "height", "width"] and len(out) == 2
     want = upscale_array(direct_model, img, tile=TILE, overlap=OVERLAP, device="cpu")
-    np.testing.assert_array_equal(decode_png(out["image"][0]), want)
+    np.testing.assert_array_equal(decode_png(base64.b64decode(out["image"][0])), want)
     assert (out["height"][0], out["width"][0]) == (96, 80)
-    got16 = decode_png(out["image"][1])
+    got16 = decode_png(base64.b64decode(out["image"][1]))
     assert got16.dtype == np.uint16 and got16.shape == (40, 48)  # 16-bit gray stays 16-bit gray
     untiled = m.predict(None, pd.DataFrame({"image": [encode_png(img)]}), params={"tile": 0})
-    np.testing.assert_array_equal(decode_png(untiled["image"][0]),
+    np.testing.assert_array_equal(decode_png(base64.b64decode(untiled["image"][0])),
                                   upscale_array(direct_model, img, tile=None, device="cpu"))
     with pytest.raises(MlflowException, match="bad tiling params"):
         m.predict(None, pd.DataFrame({"image": [encode_png(img)]}), params={"tile": 8, "overlap": 8})
+
+
+def test_one_base64_convention_for_both_servers(checkpoint, direct_model):
+    """Issue 20 item 7: the pyfunc behind MLflow's own JSON parsing and encoding (as `mlflow models serve` runs
+    it) and the bounded server accept the same forms and give the same answer: standard base64, one line."""
+    import asyncio
+
+    from mlflow.pyfunc.scoring_server import _split_data_and_params, infer_and_parse_data, predictions_to_json
+
+    from pipelines.serving_http import BoundedUpscaleServer, ServeLimits, _HTTPError
+
+    class Ctx:
+        artifacts = {"checkpoint": str(checkpoint)}
+
+    pyfunc = serving.OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
+    pyfunc.load_context(Ctx())
+    bounded = BoundedUpscaleServer(direct_model, ServeLimits(memory_budget=1 << 30), tile=TILE, overlap=OVERLAP)
+
+    def both(*images: str) -> tuple:
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+        answers = []
+        try:  # the pyfunc, as MLflow's scoring server calls it
+            data, params = _split_data_and_params(body)
+            df = infer_and_parse_data(data, serving.signature(TILE, OVERLAP).inputs)
+            buf = io.StringIO()
+            predictions_to_json(pyfunc.predict(None, df, params), buf)
+            answers.append(json.loads(buf.getvalue())["predictions"])
+        except MlflowException as e:
+            answers.append((e.get_http_status_code(), e.message))
+        try:
+            answers.append(asyncio.run(bounded._invocations(body.encode()))["predictions"])
+        except _HTTPError as e:
+            answers.append((e.status, e.message))
+        return tuple(answers)
+
+    try:
+        png = encode_png(astronaut(10, 9))
+        plain = base64.b64encode(png).decode()
+        assert plain.endswith("=")  # the padding is exercised
+        mlflow_answer, bounded_answer = both(plain, f"data:image/png;base64,{plain}", base64.encodebytes(png).decode())
+        assert mlflow_answer == bounded_answer
+        assert [p["image"] for p in mlflow_answer] == [mlflow_answer[0]["image"]] * 3  # three forms, one image
+        out = mlflow_answer[0]["image"]
+        assert "\n" not in out and base64.b64encode(base64.b64decode(out, validate=True)).decode() == out
+        np.testing.assert_array_equal(decode_png(base64.b64decode(out)),
+                                      upscale_array(direct_model, astronaut(10, 9), tile=TILE, overlap=OVERLAP))
+        for bad in (plain.rstrip("="), plain.replace("/", "_").replace("+", "-"), "not base64!"):
+            (code, msg), (code2, msg2) = both(bad)
+            assert code == code2 == 400 and msg == msg2 and "image[0]: not valid base64" in msg, (msg, msg2)
+    finally:
+        bounded.pool.shutdown()
 
 
 # ---------------------------------------------------------------------------------------- registry + serve

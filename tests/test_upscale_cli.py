@@ -1,8 +1,11 @@
 """Issue 10, item 11: `ots upscale` refuses to clobber inputs, checks memory and outputs before compute,
-continues past bad files in folder mode, Real-ESRGAN-style flags; `ots --version`; a light `ots --help`."""
+continues past bad files in folder mode, Real-ESRGAN-style flags; `ots --version`; a light `ots --help`.
+Issue 20 item 5: Real-ESRGAN's flags and defaults (-n, --model_path, -t, --tile_pad, -o results, --suffix out,
+--ext auto)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -117,8 +120,8 @@ def test_folder_continues_past_bad_files_and_reports_them_all(tmp_path, model, c
     rc = _run(src, "-o", tmp_path / "out")
     out, err = capsys.readouterr()
     assert rc == 2
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.png", "c_x2.png"]
-    assert out.split() == [str(tmp_path / "out" / "a_x2.png"), str(tmp_path / "out" / "c_x2.png")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_out.png", "c_out.png"]
+    assert out.split() == [str(tmp_path / "out" / "a_out.png"), str(tmp_path / "out" / "c_out.png")]
     lines = err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("ots: error: ") for line in lines)
     assert "b.png" in lines[0] and "d.png" in lines[1] and "too large" in lines[1]
@@ -164,3 +167,64 @@ def test_lazy_help_lines_match_the_modules():
     sub = next(a for a in full._actions if a.__class__.__name__ == "_SubParsersAction")
     real = {c.dest: c.help for c in sub._choices_actions}
     assert real == {verb: help_ for verb, (_, help_) in COMMANDS.items()}
+
+
+# -- issue 20 item 5: Real-ESRGAN's flags and defaults ----------------------------------------------------------
+@pytest.fixture
+def spy(monkeypatch):
+    """Records what the CLI hands the engine: the map file it loads and upscale_files' keyword arguments."""
+    seen = {}
+    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": seen.__setitem__("map", path) or Nearest(2))
+    real = infer.upscale_files
+
+    def upscale_files(model, files, output, **kw):
+        seen.update(kw)
+        return real(model, files, output, **kw)
+
+    monkeypatch.setattr(infer, "upscale_files", upscale_files)
+    return seen
+
+
+def test_real_esrgan_defaults_and_named_maps(tmp_path, monkeypatch, spy, capsys):
+    """`ots upscale -n NAME` as `inference_realesrgan.py -n NAME`: ./inputs -> ./results/<name>_out.<input ext>."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OTS_MODELS", str(tmp_path / "maps"))
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "ots-sr@challenger.pt").write_bytes(b"a checkpoint")
+    write_image(tmp_path / "inputs" / "a.jpg", _img(6, 6, 3))
+    b16 = (_img(5, 4, 3).astype(np.uint16) * 257)
+    write_image(tmp_path / "inputs" / "b.png", b16)
+    assert main(["upscale", "-n", "ots-sr@challenger", "-t", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    assert spy["map"] == str(tmp_path / "maps" / "ots-sr@challenger.pt") and spy["tile"] is None
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["a_out.jpg", "b_out.png"]
+    assert np.array_equal(read_image(tmp_path / "results" / "b_out.png"), b16.repeat(2, 0).repeat(2, 1))
+    # --tile_pad P: neighbouring tiles share 2P LR px; -g N is --device cuda:N; the OTS spellings still work
+    assert main(["upscale", "inputs/a.jpg", "--model", "m.pt", "-o", "o2", "-t", "8", "--tile_pad", "3",
+                 "--no-progress"]) == 0
+    assert (spy["tile"], spy["overlap"], spy["map"]) == (8, 6, "m.pt") and (tmp_path / "o2" / "a_out.jpg").exists()
+    for flags in (["--checkpoint", "m.pt"], ["--model-path", "m.pt"], ["--model_path", "m.pt"]):
+        args = build_parser("upscale").parse_args(["upscale", "x.png", *flags, "--overlap", "4", "--tile", "9"])
+        assert (args.checkpoint, args.overlap, args.tile) == ("m.pt", 4, 9)
+    assert build_parser("upscale").parse_args(["upscale", "-g", "1", "--tile-pad", "2"]).gpu_id == 1
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["-n", "nope"], "no map named 'nope' in"),
+    (["-n", "models:/ots-sr@champion"], "python -m pipelines.models fetch models:/ots-sr@champion -n NAME"),
+    (["-n", "ots-sr@challenger", "--model_path", "m.pt"], "not both"),
+    ([], "no map given: --model_path FILE"),
+    (["--tile_pad", "3", "--overlap", "4", "--model_path", "m.pt"], "--tile_pad P is --overlap 2P"),
+    (["--face_enhance"], "--face_enhance is a Real-ESRGAN option ots does not have (GFPGAN"),
+    (["-dn", "0.5"], "-dn is a Real-ESRGAN option ots does not have"),
+])
+def test_real_esrgan_flag_errors_are_one_line(tmp_path, monkeypatch, spy, capsys, argv, expected):
+    monkeypatch.setenv("OTS_MODELS", str(tmp_path))
+    (tmp_path / "ots-sr@challenger.pth").write_bytes(b"x")  # .pth, as Real-ESRGAN names its weights
+    src = write_image(tmp_path / "in.png", _img())
+    with pytest.raises(SystemExit) if argv[:1] in (["--face_enhance"], ["-dn"]) else contextlib.nullcontext() as e:
+        rc = main(["upscale", str(src), "-o", str(tmp_path / "out"), *argv, "--no-progress"])
+    err = capsys.readouterr().err
+    assert (e.value.code if e else rc) == 2 and expected in err and err.count("\n") == 1, err
+    assert "map" not in spy
+    if argv == ["-n", "nope"]:
+        assert "has: ots-sr@challenger" in err
