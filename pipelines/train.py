@@ -61,6 +61,7 @@ def run(params: dict, fresh: bool = False) -> dict:
     train["dataset"] = abs_local(train["dataset"])
     train["output_dir"] = str(Path(train["output_dir"]).resolve())
     dataset = open_dataset(train["dataset"], verify=False)  # fail early, on the driver, with one line
+    params["dataset"] = resume.dataset_identity(dataset.manifest)  # hashed: new data is a new run, not a resume
     out_dir = Path(train["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     storage_path, storage_fs, storage_uri = ray_storage(train["storage_path"])
@@ -133,7 +134,6 @@ def _git_tags() -> dict:
 
 def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     """Dataset lineage: the shard manifest as an MLflow dataset input (digest = the manifest's sha256)."""
-    import hashlib
     import warnings
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -141,8 +141,9 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     from ots.storage import redact_uri
+    from pipelines.resume import manifest_digest
 
-    digest = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode()).hexdigest()
+    digest = manifest_digest(dataset.manifest)
     name = Path(uri.rstrip("/")).name or "dataset"
     try:
         with warnings.catch_warnings():  # "can be interpreted in multiple ways" (two local-file sources)
