@@ -25,8 +25,12 @@ def load_params(path: str | os.PathLike) -> dict:
     import yaml
 
     from ots.errors import ConfigError
+    from ots.locations import not_regular
     from pipelines.params_schema import check_sections
 
+    kind = not_regular(path)
+    if kind:  # reading a FIFO would block for good
+        raise ConfigError(f"{path}: {kind}, not a params file")
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:

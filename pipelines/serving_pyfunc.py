@@ -51,19 +51,43 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class ServingError(MlflowException):
+    """An MlflowException whose message stays the one line written here: MLflow's scoring server rewrites
+    predict's errors to ``Failed to predict data '<the request's DataFrame>'. \nError: …`` -- several lines that
+    echo the payload back -- so that prefix is dropped when it is set."""
+
+    @property
+    def message(self) -> str:
+        return self.__dict__.get("_one_line", "")
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.__dict__["_one_line"] = str(value).rsplit("\nError: ", 1)[-1]
+
+
 def _bad(message: str) -> MlflowException:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return ServingError(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _limit(message: str) -> MlflowException:
     """Over a per-request limit (MLflow has no 413 code: RESOURCE_EXHAUSTED answers 429)."""
-    return MlflowException(message, error_code=RESOURCE_EXHAUSTED)
+    return ServingError(message, error_code=RESOURCE_EXHAUSTED)
 
 
 DEFAULT_MAX_IMAGES = 8
 # requests computing at once in one `mlflow models serve` worker process
 _MAX_CONCURRENT = max(1, int(os.environ.get("OTS_SERVE_MAX_CONCURRENT", "1") or 1))
 _SLOTS = threading.BoundedSemaphore(_MAX_CONCURRENT)
+
+
+def _server_stopping() -> bool:
+    """True once the scoring server caught SIGTERM/SIGINT: `mlflow models serve` runs uvicorn, whose signal
+    handler is its server's ``handle_exit`` and sets ``should_exit``; uvicorn then waits for the request in
+    flight, so the work must notice and stop (else SIGTERM waits for the request timeout)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    return bool(getattr(getattr(handler, "__self__", None), "should_exit", False))
 
 
 def _request_timeout() -> float:
@@ -193,28 +217,33 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         # `mlflow models serve` runs requests in a thread pool without admission control and keeps computing
         # after its timeout answers 504: bound both here (503 when busy, work stopped at the deadline)
         if not _SLOTS.acquire(blocking=False):
-            raise MlflowException(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
-                                  error_code=TEMPORARILY_UNAVAILABLE)
+            raise ServingError(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
+                               error_code=TEMPORARILY_UNAVAILABLE)
         try:
             deadline = time.monotonic() + _request_timeout()
             rows = []
             for img in images:
                 try:
                     out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
-                                        precision=self.precision, should_stop=lambda: time.monotonic() > deadline)
+                                        precision=self.precision,
+                                        should_stop=lambda: time.monotonic() > deadline or _server_stopping())
                 except Cancelled as e:
-                    raise MlflowException("request passed its deadline; its work was cancelled",
-                                          error_code=DEADLINE_EXCEEDED) from e
+                    if _server_stopping():
+                        raise ServingError("server is shutting down; its work was cancelled",
+                                           error_code=TEMPORARILY_UNAVAILABLE) from e
+                    raise ServingError("request passed its deadline; its work was cancelled",
+                                       error_code=DEADLINE_EXCEEDED) from e
                 except OTSError as e:
                     raise _bad(str(e)) from e
                 except Exception as e:  # noqa: BLE001 - OOM & co: one line to the client, the trace to the log
                     import logging
 
                     logging.getLogger("ots.serving").exception("upscaling failed")
-                    code = TEMPORARILY_UNAVAILABLE if isinstance(e, MemoryError) or "out of memory" in str(e) \
-                        else INTERNAL_ERROR
-                    raise MlflowException(f"upscaling failed ({type(e).__name__}); see the server log",
-                                          error_code=code) from None
+                    from ots.memory import is_out_of_memory
+
+                    code = TEMPORARILY_UNAVAILABLE if is_out_of_memory(e) else INTERNAL_ERROR
+                    raise ServingError(f"upscaling failed ({type(e).__name__}); see the server log",
+                                       error_code=code) from None
                 rows.append({"image": encode_png(out), "height": int(out.shape[0]), "width": int(out.shape[1])})
         finally:
             _SLOTS.release()

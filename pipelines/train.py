@@ -165,7 +165,10 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
 
     train = params["train"]
     storage_path, storage_fs, storage_uri = storage
-    init_ray()  # from here Ray's SIGTERM handler calls sys.exit: SystemExit, the run ends KILLED
+    ours = signal.getsignal(signal.SIGTERM) is _on_term
+    init_ray()  # installs Ray's SIGTERM handler: inside ray.get it ends as an anonymous SystemExit(1)
+    if ours:  # keep ours (the CLI's): the run still ends KILLED, and the exit code can say which signal
+        signal.signal(signal.SIGTERM, _on_term)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each worker print() shows up twice
     resources = train["resources_per_worker"]
     scaling = ScalingConfig(num_workers=train["num_workers"], use_gpu=bool(train["use_gpu"]),
@@ -246,13 +249,19 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     return summary
 
 
+_SIGNALLED: list[int] = []  # the signals ``_on_term`` received
+
+
 def _on_term(signum, _frame):
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple) -> int:
     """The train-like stages' CLI: ``--params``, ``--fresh``; SIGTERM ends the MLflow run KILLED (via
-    KeyboardInterrupt), not RUNNING forever."""
+    KeyboardInterrupt), not RUNNING forever, and the process with 128 + the signal (143; Ctrl-C: 130)."""
+    import sys
+
     from pipelines.common import stage_main
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -262,6 +271,18 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple)
     try:
         return stage_main(name, doc, lambda doc_, _path: run(make_params(doc_), fresh=flags.fresh), rest,
                           lambda summary: print(json.dumps({k: summary[k] for k in keys})))
+    except (KeyboardInterrupt, SystemExit) as e:
+        signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(e, KeyboardInterrupt) else None
+        if signum is None:  # sys.exit() from argparse (--help) or elsewhere
+            raise
+        print(f"{name}: stopped by signal {signum}", file=sys.stderr, flush=True)
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            # Ray's native handlers abort the interpreter's teardown after a signal (exit code 134): stop Ray
+            # here, then leave without that teardown
+            sys.modules["ray"].shutdown()
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        return 128 + signum
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -338,7 +338,9 @@ def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(tmp_path, tiny_dat
             proc.kill()
     client = MlflowClient(uri)
     (run,) = train_runs(client).values()
-    assert proc.returncode != 0 and client.get_run(run.info.run_id).info.status == "KILLED"
+    # 128 + SIGTERM like any process a signal stopped (#19.7: it was 134, an abort in Ray's teardown)
+    assert proc.returncode == 143, proc.stderr.read()[-2000:]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
     done = int(client.get_run(run.info.run_id).data.tags["ots.last_checkpoint_step"])
     params["train"]["steps"] = done + 2
     assert train.main(["--params", write(tmp_path, params)]) == 0
