@@ -34,8 +34,7 @@ from ots.errors import ConfigError, DataError, InferenceError, one_line
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION = 0x0112
-# EXIF orientation -> the numpy op that makes the pixels upright (Pillow's exif_transpose, for arrays it did not
-# decode: 16-bit PNGs)
+# EXIF orientation -> the numpy op making pixels upright: Pillow's exif_transpose for what it did not decode (16 bit)
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
             7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}

@@ -45,24 +45,11 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from pipelines.models import CHECKPOINT_ARTIFACT
+from pipelines.scoring_server import ServingError, server_stopping
 
 DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ServingError(MlflowException):
-    """An MlflowException whose message stays the one line written here: MLflow's scoring server rewrites
-    predict's errors to ``Failed to predict data '<the request's DataFrame>'. \nError: …`` -- several lines that
-    echo the payload back -- so that prefix is dropped when it is set."""
-
-    @property
-    def message(self) -> str:
-        return self.__dict__.get("_one_line", "")
-
-    @message.setter
-    def message(self, value: str) -> None:
-        self.__dict__["_one_line"] = str(value).rsplit("\nError: ", 1)[-1]
 
 
 def _bad(message: str) -> MlflowException:
@@ -78,16 +65,6 @@ DEFAULT_MAX_IMAGES = 8
 # requests computing at once in one `mlflow models serve` worker process
 _MAX_CONCURRENT = max(1, int(os.environ.get("OTS_SERVE_MAX_CONCURRENT", "1") or 1))
 _SLOTS = threading.BoundedSemaphore(_MAX_CONCURRENT)
-
-
-def _server_stopping() -> bool:
-    """True once the scoring server caught SIGTERM/SIGINT: `mlflow models serve` runs uvicorn, whose signal
-    handler is its server's ``handle_exit`` and sets ``should_exit``; uvicorn then waits for the request in
-    flight, so the work must notice and stop (else SIGTERM waits for the request timeout)."""
-    import signal
-
-    handler = signal.getsignal(signal.SIGTERM)
-    return bool(getattr(getattr(handler, "__self__", None), "should_exit", False))
 
 
 def _request_timeout() -> float:
@@ -186,6 +163,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         from ots.errors import OTSError
         from ots.imageio import encode_png
         from ots.infer import upscale_array
+        from ots.memory import is_out_of_memory
         from ots.tiling import Cancelled
 
         if self.model is None:
@@ -226,9 +204,9 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                 try:
                     out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
                                         precision=self.precision,
-                                        should_stop=lambda: time.monotonic() > deadline or _server_stopping())
+                                        should_stop=lambda: time.monotonic() > deadline or server_stopping())
                 except Cancelled as e:
-                    if _server_stopping():
+                    if server_stopping():
                         raise ServingError("server is shutting down; its work was cancelled",
                                            error_code=TEMPORARILY_UNAVAILABLE) from e
                     raise ServingError("request passed its deadline; its work was cancelled",
@@ -239,8 +217,6 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                     import logging
 
                     logging.getLogger("ots.serving").exception("upscaling failed")
-                    from ots.memory import is_out_of_memory
-
                     code = TEMPORARILY_UNAVAILABLE if is_out_of_memory(e) else INTERNAL_ERROR
                     raise ServingError(f"upscaling failed ({type(e).__name__}); see the server log",
                                        error_code=code) from None
