@@ -19,7 +19,6 @@ Files: :func:`read_image` / :func:`probe_file` (header only) and :func:`write_im
 from __future__ import annotations
 
 import io
-import re
 import struct
 import warnings
 import zlib
@@ -29,6 +28,7 @@ import numpy as np
 
 from ots import atomic
 from ots.errors import ConfigError, DataError, InferenceError, one_line
+from ots.locations import not_regular
 
 # Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
@@ -53,9 +53,7 @@ def png_bit_depth(data: bytes) -> int | None:
 
 
 def _first_line(e: BaseException) -> str:
-    """One line of a decoder's message, without the in-memory buffer Pillow names (``<_io.BytesIO object at …>``)."""
-    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", one_line(e, 300)).strip()
-    return text[:200] or type(e).__name__
+    return one_line(e, 200) or type(e).__name__
 
 
 def _orientation(im) -> int:
@@ -276,8 +274,6 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 
 def _regular(path: str | Path) -> Path:
     """``path`` if it is a regular file; one-line InferenceError otherwise, before anything opens it."""
-    from ots.locations import not_regular
-
     p = Path(path)
     kind = not_regular(p)
     if kind:

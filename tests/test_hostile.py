@@ -419,3 +419,13 @@ def test_mlflow_serve_work_stops_on_sigterm():
     assert server.should_exit and "error" in outcome, "the work ran to the end after SIGTERM"
     assert outcome["done"] - sent < 0.5, outcome["done"] - sent
     assert outcome["error"].get_http_status_code() == 503 and "shutting down" in outcome["error"].message
+
+
+def test_one_line_never_prints_an_object_repr():
+    """#19.7: every door's line goes through ``one_line``; Pillow's buffer repr is not part of a reason."""
+    from ots.errors import one_line
+    from ots.imageio import image_info
+
+    assert one_line("cannot identify image file <_io.BytesIO object at 0x7f0a1b2c3d40>") == "cannot identify image file"
+    with pytest.raises(Exception, match=r"^image: not an image \(cannot identify image file\)$"):
+        image_info(b"xx")
