@@ -71,11 +71,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """Tensors and plain containers only (weights_only=True), from a path or a storage URI."""
     source = os.fspath(path)
     data = _read(source)
+    if (os.path.getsize(data) if isinstance(data, str) else len(data)) == 0:
+        raise CheckpointError(f"cannot read checkpoint {source}: empty file (0 bytes)")
     try:
         state = torch.load(data if isinstance(data, str) else io.BytesIO(data), map_location="cpu",
                            weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt/unsafe files become one line
-        raise CheckpointError(f"cannot read checkpoint {source}: {one_line(e, 300)}") from e
+        raise CheckpointError(f"cannot read checkpoint {source}: {one_line(e, 300) or type(e).__name__}") from e
     if not isinstance(state, dict) or "map" not in state:
         raise CheckpointError(f"{source} is not an OTS checkpoint (no 'map' entry)")
     return state
@@ -90,6 +92,33 @@ def resume(solver: Any, path: str | os.PathLike, restore_rng: bool = True) -> di
     return state
 
 
+MAX_CONFIG_INT = 1 << 16  # no size in a map config (blocks, features, scale) comes near this
+
+
+def _check_fits(map_config: dict, weights: dict, path) -> None:
+    """Refuse, in one line and before allocating anything, a map config that is absurd (a size beyond
+    ``MAX_CONFIG_INT``) or that does not fit the weights stored with it: the map is first built on the ``meta``
+    device (shapes only) and its tensors' shapes are compared with the checkpoint's."""
+    from ots.errors import ConfigError
+    from ots.models import build_map
+
+    if not isinstance(map_config, dict):
+        raise CheckpointError(f"{path}: map_config must be a mapping, got {type(map_config).__name__}")
+    for key, value in map_config.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_CONFIG_INT:
+            raise CheckpointError(f"{path}: map_config {key}={value} is beyond any map (at most {MAX_CONFIG_INT})")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_map(map_config).state_dict().items()}
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {one_line(e, 300)}") from e
+    stored = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if shapes != stored:
+        key = next(k for k in sorted(set(shapes) | set(stored)) if shapes.get(k) != stored.get(k))
+        raise CheckpointError(f"{path}: map_config {map_config.get('arch')} does not fit the weights stored with it "
+                              f"({key}: config {shapes.get(key, 'none')}, weights {stored.get(key, 'none')})")
+
+
 def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """The trained map from a checkpoint, in eval mode, built from the config stored with it: the EMA of the map
     when training kept one (that is what was validated and selected), else the map itself."""
@@ -99,9 +128,11 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.
     map_config = state.get("map_config") or (state.get("config") or {}).get("model", {}).get("map")
     if not map_config:
         raise CheckpointError(f"{path} holds no map config (map_config or config.model.map)")
+    weights = state.get("map_ema") or state["map"]
+    _check_fits(map_config, weights, path)
     model = build_map(map_config)
     try:
-        model.load_state_dict(state.get("map_ema") or state["map"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: map weights do not fit {map_config.get('arch')}: {one_line(e, 300)}") from e
     return model.to(device).eval()

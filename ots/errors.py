@@ -1,5 +1,7 @@
 """One exception family, so every door can turn bad input into a one-line message (`one_line`)."""
 
+import re
+
 
 class OTSError(Exception):
     """A user-facing error: the message is one line that says what is wrong and where."""
@@ -35,8 +37,10 @@ class InferenceError(OTSError):
 
 def one_line(error: BaseException | str, limit: int | None = None) -> str:
     """The message every door prints for ``error``: one line (whitespace collapsed), credentials in URIs
-    masked, optionally cut at ``limit`` characters. Used as ``print(f"{door}: error: {one_line(e)}")``."""
+    masked, no object reprs (Pillow names its buffer ``<_io.BytesIO object at 0x…>``), optionally cut at
+    ``limit`` characters. Used as ``print(f"{door}: error: {one_line(e)}")``."""
     from ots.locations import redact_uri  # locations imports this module: import at call time
 
-    text = redact_uri(" ".join(str(error).split()))
+    text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", " ".join(str(error).split())).strip()
+    text = redact_uri(text)
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

@@ -4,7 +4,9 @@
 keeps 16 bits: 16-bit PNGs of every colour type are decoded losslessly (Pillow reads 16-bit gray only; RGB(A)
 and gray+alpha go through ``torchvision.io.decode_png``, imported only then). The pixel count is checked from
 the header, before any pixel is decoded, against ``max_pixels`` (default: Pillow's decompression-bomb limit),
-so a bomb costs nothing and ends as one :class:`ots.errors.DataError` line like any other bad file.
+so a bomb costs nothing and ends as one :class:`ots.errors.DataError` line like any other bad file. The EXIF
+orientation (cameras and phones write it) is applied (``ImageOps.exif_transpose``): what comes out is upright,
+and :func:`image_info` reports the upright size.
 
 :func:`to_rgb8` converts any decoded array to the ``uint8`` RGB the data layer stores: 16 bit is *rescaled*
 (``round(v * 255 / 65535)``, never clipped), gray is replicated, alpha is dropped.
@@ -25,11 +27,17 @@ import numpy as np
 
 from ots import atomic
 from ots.errors import ConfigError, DataError, InferenceError, one_line
+from ots.locations import not_regular
 
 # Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_LEVEL = 6  # zlib level of PNG outputs: Pillow's and libpng's default
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the numpy op making pixels upright: Pillow's exif_transpose for what it did not decode (16 bit)
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -48,18 +56,30 @@ def _first_line(e: BaseException) -> str:
     return one_line(e, 200) or type(e).__name__
 
 
+def _orientation(im) -> int:
+    try:
+        value = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is not a reason to refuse the pixels
+        return 1
+    return value if value in range(1, 9) else 1
+
+
 def image_info(data: bytes, what: str = "image") -> tuple[int, int, int, int]:
     """``(height, width, channels, bytes per sample)`` of what :func:`decode_image` would return, read from the
     header only (no pixel is decoded); DataError (one line) when it is not an image."""
     from PIL import Image
 
     data = bytes(data)
+    if not data:
+        raise DataError(f"{what}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 mode, transparent = im.mode, "transparency" in im.info
+                if _orientation(im) >= 5:  # stored sideways: upright it is h x w
+                    w, h = h, w
     except Image.DecompressionBombError as e:
         raise DataError(f"{what}: image too large, refused before decoding ({_first_line(e)})") from e
     except Exception as e:  # noqa: BLE001 - anything Pillow cannot identify is "not an image"
@@ -85,7 +105,7 @@ def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = D
 
     ``max_pixels=None`` disables the size check (Pillow's own bomb guard still applies).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DataError(f"{what}: expected image bytes, got {type(data).__name__}")
@@ -111,11 +131,14 @@ def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = D
                             f"{max_pixels} (refused before decoding)")
         try:
             if png_bit_depth(data) == 16 and im.mode not in ("I;16", "I;16B", "I;16L"):
-                return _decode_png16(data, what)
+                arr = _decode_png16(data, what)
+                upright = _UPRIGHT.get(_orientation(im))
+                return np.ascontiguousarray(upright(arr)) if upright else arr
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
-            return _pil_array(im, what)
+                upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            return _pil_array(upright, what)
         except DataError:
             raise
         except Image.DecompressionBombError as e:
@@ -190,11 +213,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     Decoded by :func:`ots.imageio.decode_image` (the decoder ``prepare`` and serving share); images over
     ``max_pixels`` (default: Pillow's decompression-bomb limit) are refused from the header.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InferenceError(f"no such file: {p}")
-    if not p.is_file():
-        raise InferenceError(f"not a file: {p}")
+    p = _regular(path)
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -261,8 +280,20 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
         raise InferenceError(f"cannot write {p}: {e.strerror or e}") from e
 
 
+def _regular(path: str | Path) -> Path:
+    """``path`` if it is a regular file; one-line InferenceError otherwise, before anything opens it."""
+    p = Path(path)
+    kind = not_regular(p)
+    if kind:
+        raise InferenceError(f"{p}: {kind}, not a regular file: refused")
+    if not p.exists():
+        raise InferenceError(f"no such file: {p}")
+    return p
+
+
 def probe_file(path: Path) -> tuple[int, int, int, int]:
     """(height, width, channels, bytes per sample) from the header only."""
+    path = _regular(path)
     try:
         with open(path, "rb") as f:
             return image_info(f.read(), str(path))

@@ -127,7 +127,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                 raise InferenceError(f"no image files in folder {p}")
             files += found
         elif p.exists():
-            files.append(p)
+            files.append(p)  # a FIFO or device is refused (one line) when it is probed, before it is opened
         else:
             raise InferenceError(f"no such file or folder: {p}")
     if not files:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from ots.errors import StorageError
 
-__all__ = ["Location", "join_uri", "parse_uri", "redact_uri"]
+__all__ = ["Location", "join_uri", "not_regular", "parse_uri", "redact_uri"]
 
 # scheme://user:password@host -> scheme://user:***@host ; scheme://token@host -> scheme://***@host
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s/@?#:]*)(?P<pw>:[^\s/@?#]*)?@")
@@ -72,3 +73,22 @@ def join_uri(uri: str, *parts: str) -> str:
     if loc.scheme == "s3":
         return "/".join([loc.uri.rstrip("/"), *[p.strip("/") for p in parts]])
     return str(Path(loc.path, *parts))
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (symlinks followed): "a FIFO", "a device", "a
+    socket" or "a folder"; None for a regular file or nothing at all. Readers refuse these before opening them:
+    opening a FIFO blocks until a writer comes, a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"

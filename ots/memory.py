@@ -9,7 +9,19 @@ from pathlib import Path
 from ots.errors import InferenceError
 from ots.tiling import DEFAULT_TILE, tile_starts
 
-__all__ = ["available_memory", "check_memory", "estimate_memory"]
+__all__ = ["available_memory", "check_memory", "estimate_memory", "is_out_of_memory"]
+
+# how allocation failures read: Python's MemoryError aside, torch raises RuntimeError/OutOfMemoryError with these
+_OOM_TEXT = ("out of memory", "can't allocate memory", "defaultcpuallocator", "cannot allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure: MemoryError, CUDA's "out of memory", the CPU allocator's
+    "DefaultCPUAllocator: can't allocate memory" -- the servers answer those 503 (retry later), not 500."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(t in text for t in _OOM_TEXT)
 
 
 def available_memory() -> int:

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 
 from ots.atomic import atomic_path
 from ots.errors import StorageError, one_line
-from ots.locations import Location, join_uri, parse_uri, redact_uri
+from ots.locations import Location, join_uri, not_regular, parse_uri, redact_uri
 
 __all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri", "DEFAULT_ATTEMPTS",
            "LONG_RUN_ATTEMPTS"]
@@ -219,6 +219,10 @@ class Store:
         return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
 
     def read_bytes(self, rel: str) -> bytes:
+        if self.location.scheme == "file":
+            kind = not_regular(self.full(rel))
+            if kind:  # a FIFO would block the reader for good
+                raise StorageError(f"{self.uri_of(rel)}: {kind}, not a regular file")
         try:
             with self.fs.open_input_stream(self.full(rel)) as f:
                 return f.read()

@@ -22,9 +22,10 @@ def baseline_params(doc: dict) -> dict:
     over = doc.get("baseline")
     if not isinstance(over, dict) or not over:
         raise ConfigError("params.yaml has no `baseline:` section (the GAN's solver/train overrides)")
-    unknown = sorted(set(over) - {"model", "solver", "train", "seed"})
-    if unknown:
-        raise ConfigError(f"unknown keys in baseline section: {', '.join(unknown)}")
+    from pipelines.params_schema import check_keys
+
+    # its sections' own keys are checked after the merge, by the train stage's resolve
+    check_keys(over, {k: None for k in ("model", "solver", "train", "seed")}, "baseline")
     merged = deep_merge({k: v for k, v in doc.items() if k != "baseline"}, over)
     if merged.get("train", {}).get("output_dir") == (doc.get("train") or {}).get("output_dir"):
         raise ConfigError("baseline.train.output_dir must differ from train.output_dir (it would overwrite the map)")

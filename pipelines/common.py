@@ -20,11 +20,17 @@ _SECRET = re.compile(r"(^aws_|secret|password|passwd|token|credential|access_key
 
 
 def load_params(path: str | os.PathLike) -> dict:
-    """The whole params.yaml as a dict (one-line ConfigError when unreadable)."""
+    """The whole params.yaml (or an overrides file) as a dict; one-line ConfigError when unreadable or when a
+    top-level name is not a section (:func:`pipelines.params_schema.check_sections`)."""
     import yaml
 
     from ots.errors import ConfigError
+    from ots.locations import not_regular
+    from pipelines.params_schema import check_sections
 
+    kind = not_regular(path)
+    if kind:  # reading a FIFO would block for good
+        raise ConfigError(f"{path}: {kind}, not a params file")
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -33,19 +39,17 @@ def load_params(path: str | os.PathLike) -> dict:
         return {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: params must be a mapping, got {type(doc).__name__}")
+    check_sections(doc, path)
     return doc
 
 
 def section(doc: dict, name: str, defaults: dict, path: str | os.PathLike = "params.yaml") -> dict:
-    """One section of params.yaml over its defaults; unknown keys are a one-line ConfigError."""
-    from ots.errors import ConfigError
+    """One section of params.yaml over its defaults; an unknown key or a value of another type than its default
+    is a one-line ConfigError (:func:`pipelines.params_schema.check_keys`)."""
+    from pipelines.params_schema import check_keys
 
     sec = doc.get(name) or {}
-    if not isinstance(sec, dict):
-        raise ConfigError(f"{path}: section {name!r} must be a mapping")
-    unknown = sorted(set(sec) - set(defaults))
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys in {name} section: {', '.join(unknown)}")
+    check_keys(sec, defaults, name, path)
     return {**defaults, **sec}
 
 

@@ -2,13 +2,14 @@
 
 One *slot* = the train runs of one experiment that write the same ``output_dir`` (the OTS map and the GAN baseline
 are two slots). By default a run continues the latest unfinished (not FINISHED) run of its slot when that run has
-the same *config hash* -- everything that shapes the optimisation: seed, model, solver, data and crops, batch,
-workers; ``steps`` may grow (the run continues to the new target) -- and the same checkpoint storage: same MLflow
-run, same Ray run name and folder, so Ray restores its latest checkpoint and ``run.json`` names the run that holds
-the metrics. Otherwise (or with ``train.fresh`` / ``--fresh``) a new run starts and the old unfinished ones are
-*retired*: ended KILLED with ``ots.superseded_by``/``ots.superseded_reason`` tags, their checkpoints deleted except
-the best by val SWD (kept as ``<run>/best/``). With a fixed ``train.run_name``, a changed config is refused in one
-line instead (the run name promises one run); a new run under a fixed name first moves what its folder holds
+the same *config hash* -- everything that shapes the optimisation: seed, model, solver, the dataset's identity (the
+digest of its manifest, so a dataset prepared again with other data or params is never resumed silently), crops,
+batch, workers; ``steps`` may grow (the run continues to the new target) -- and the same checkpoint storage: same
+MLflow run, same Ray run name and folder, so Ray restores its latest checkpoint and ``run.json`` names the run that
+holds the metrics. Otherwise (or with ``train.fresh`` / ``--fresh``) a new run starts and the old unfinished ones
+are *retired*: ended KILLED with ``ots.superseded_by``/``ots.superseded_reason`` tags, their checkpoints deleted
+except the best by val SWD (kept as ``<run>/best/``). With a fixed ``train.run_name``, a changed config is refused
+in one line instead (the run name promises one run); a new run under a fixed name first moves what its folder holds
 (a finished run's checkpoints) to ``<name>-<time>/best/``, so Ray never restores another run's checkpoint.
 """
 
@@ -27,11 +28,29 @@ NOT_HASHED = {"steps", "checkpoint_every", "keep_best_k", "max_failures", "use_g
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of a dataset's manifest (its shards' checksums, the prepare params and source): the data's identity."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_identity(manifest: dict) -> dict:
+    """What a run trains on, logged as its ``dataset.*`` params: the manifest's digest (hashed) and the prepare
+    params recorded *in the manifest* -- the ones the shards were built with, not params.yaml's ``data:`` now."""
+    extra = manifest.get("extra") or {}
+    return {"digest": manifest_digest(manifest)[:32], "source": extra.get("source"), "seed": extra.get("seed"),
+            "shards": manifest.get("params") or {}}
+
+
 def hashed_config(params: dict) -> dict:
-    """The part of resolved params that shapes the optimisation (see ``NOT_HASHED``)."""
+    """The part of resolved params that shapes the optimisation (see ``NOT_HASHED``), with the dataset's digest
+    (``params["dataset"]``, set by the driver from the manifest)."""
     train = {k: v for k, v in params["train"].items() if k not in NOT_HASHED}
-    return {"seed": params.get("seed", 0), "model": params.get("model"), "solver": params.get("solver") or {},
-            "train": train}
+    out = {"seed": params.get("seed", 0), "model": params.get("model"), "solver": params.get("solver") or {},
+           "train": train}
+    digest = (params.get("dataset") or {}).get("digest")
+    if digest:
+        out["dataset"] = {"digest": digest}
+    return out
 
 
 def config_hash(params: dict) -> str:
@@ -45,7 +64,8 @@ def config_diff(old_params: dict[str, str], params: dict) -> list[str]:
 
     def hashed(key: str) -> bool:
         root, _, rest = key.partition(".")
-        return root in ("seed", "model", "solver") or (root == "train" and rest.split(".")[0] not in NOT_HASHED)
+        return (root in ("seed", "model", "solver") or key == "dataset.digest"
+                or (root == "train" and rest.split(".")[0] not in NOT_HASHED))
 
     new = flatten(hashed_config(params))
     keys = sorted({k for k in old_params if hashed(k)} | set(new))

@@ -288,7 +288,11 @@ class BoundedUpscaleServer:
                 raise _HTTPError(400, "BAD_REQUEST", e.message) from e
             except OTSError as e:
                 raise _HTTPError(400, "BAD_REQUEST", str(e)) from e
-            except MemoryError as e:
+            except (MemoryError, RuntimeError) as e:
+                from ots.memory import is_out_of_memory
+
+                if not is_out_of_memory(e):
+                    raise
                 raise _HTTPError(503, "TEMPORARILY_UNAVAILABLE", "out of memory; retry later") from e
             rows.append({"image": encode_b64(encode_png(out)), "height": int(out.shape[0]),
                          "width": int(out.shape[1])})

@@ -42,6 +42,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from pipelines.models import CHECKPOINT_ARTIFACT
+from pipelines.scoring_server import ServingError, server_stopping
 from pipelines.serving_payload import decode_b64, encode_b64, max_b64_chars
 
 DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
@@ -50,12 +51,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bad(message: str) -> MlflowException:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return ServingError(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def _limit(message: str) -> MlflowException:
     """Over a per-request limit (MLflow has no 413 code: RESOURCE_EXHAUSTED answers 429)."""
-    return MlflowException(message, error_code=RESOURCE_EXHAUSTED)
+    return ServingError(message, error_code=RESOURCE_EXHAUSTED)
 
 
 DEFAULT_MAX_IMAGES = 8
@@ -162,6 +163,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         from ots.errors import OTSError
         from ots.imageio import encode_png
         from ots.infer import upscale_array
+        from ots.memory import is_out_of_memory
         from ots.tiling import Cancelled
 
         if self.model is None:
@@ -193,28 +195,31 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         # `mlflow models serve` runs requests in a thread pool without admission control and keeps computing
         # after its timeout answers 504: bound both here (503 when busy, work stopped at the deadline)
         if not _SLOTS.acquire(blocking=False):
-            raise MlflowException(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
-                                  error_code=TEMPORARILY_UNAVAILABLE)
+            raise ServingError(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
+                               error_code=TEMPORARILY_UNAVAILABLE)
         try:
             deadline = time.monotonic() + _request_timeout()
             rows = []
             for img in images:
                 try:
                     out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self._device,
-                                        precision=self.precision, should_stop=lambda: time.monotonic() > deadline)
+                                        precision=self.precision,
+                                        should_stop=lambda: time.monotonic() > deadline or server_stopping())
                 except Cancelled as e:
-                    raise MlflowException("request passed its deadline; its work was cancelled",
-                                          error_code=DEADLINE_EXCEEDED) from e
+                    if server_stopping():
+                        raise ServingError("server is shutting down; its work was cancelled",
+                                           error_code=TEMPORARILY_UNAVAILABLE) from e
+                    raise ServingError("request passed its deadline; its work was cancelled",
+                                       error_code=DEADLINE_EXCEEDED) from e
                 except OTSError as e:
                     raise _bad(str(e)) from e
                 except Exception as e:  # noqa: BLE001 - OOM & co: one line to the client, the trace to the log
                     import logging
 
                     logging.getLogger("ots.serving").exception("upscaling failed")
-                    code = TEMPORARILY_UNAVAILABLE if isinstance(e, MemoryError) or "out of memory" in str(e) \
-                        else INTERNAL_ERROR
-                    raise MlflowException(f"upscaling failed ({type(e).__name__}); see the server log",
-                                          error_code=code) from None
+                    code = TEMPORARILY_UNAVAILABLE if is_out_of_memory(e) else INTERNAL_ERROR
+                    raise ServingError(f"upscaling failed ({type(e).__name__}); see the server log",
+                                       error_code=code) from None
                 rows.append({"image": encode_b64(encode_png(out)), "height": int(out.shape[0]),
                              "width": int(out.shape[1])})
         finally:

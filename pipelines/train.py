@@ -63,6 +63,7 @@ def run(params: dict, fresh: bool = False) -> dict:
     train["dataset"] = abs_local(train["dataset"])
     train["output_dir"] = str(Path(train["output_dir"]).resolve())
     dataset = open_dataset(train["dataset"], verify=False)  # fail early, on the driver, with one line
+    params["dataset"] = resume.dataset_identity(dataset.manifest)  # hashed: new data is a new run, not a resume
     out_dir = Path(train["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     storage_path, storage_fs, storage_uri = ray_storage(train["storage_path"])
@@ -137,7 +138,6 @@ def _git_tags() -> dict:
 
 def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     """Dataset lineage: the shard manifest as an MLflow dataset input (digest = the manifest's sha256)."""
-    import hashlib
     import warnings
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -145,8 +145,9 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     from ots.storage import redact_uri
+    from pipelines.resume import manifest_digest
 
-    digest = hashlib.sha256(json.dumps(dataset.manifest, sort_keys=True).encode()).hexdigest()
+    digest = manifest_digest(dataset.manifest)
     name = Path(uri.rstrip("/")).name or "dataset"
     try:
         with warnings.catch_warnings():  # "can be interpreted in multiple ways" (two local-file sources)
@@ -168,7 +169,10 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
 
     train = params["train"]
     storage_path, storage_fs, storage_uri = storage
-    init_ray()  # from here Ray's SIGTERM handler calls sys.exit: SystemExit, the run ends KILLED
+    ours = signal.getsignal(signal.SIGTERM) is _on_term
+    init_ray()  # installs Ray's SIGTERM handler: inside ray.get it ends as an anonymous SystemExit(1)
+    if ours:  # keep ours (the CLI's): the run still ends KILLED, and the exit code can say which signal
+        signal.signal(signal.SIGTERM, _on_term)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each worker print() shows up twice
     resources = train["resources_per_worker"]
     scaling = ScalingConfig(num_workers=train["num_workers"], use_gpu=bool(train["use_gpu"]),
@@ -249,7 +253,11 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     return summary
 
 
+_SIGNALLED: list[int] = []  # the signals ``_on_term`` received
+
+
 def _on_term(signum, _frame):
+    _SIGNALLED.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -257,7 +265,10 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
           module: str = "pipelines.train") -> int:
     """The train-like stages' CLI (``python -m module``): ``--params``, ``--fresh``; trains here or, with a Ray job
     server (:func:`pipelines.cluster.job_server`), as a Ray job of the same command. SIGTERM ends the MLflow run
-    KILLED (via KeyboardInterrupt), not RUNNING forever, and stops a submitted job."""
+    KILLED (via KeyboardInterrupt), not RUNNING forever, stops a submitted job, and ends the process with
+    128 + the signal (143; Ctrl-C: 130)."""
+    import sys
+
     from pipelines.common import stage_main
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -275,6 +286,18 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     try:
         return stage_main(name, doc, train_or_submit, rest,
                           lambda summary: print(json.dumps({k: summary[k] for k in keys})))
+    except (KeyboardInterrupt, SystemExit) as e:
+        signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(e, KeyboardInterrupt) else None
+        if signum is None:  # sys.exit() from argparse (--help) or elsewhere
+            raise
+        print(f"{name}: stopped by signal {signum}", file=sys.stderr, flush=True)
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            # Ray's native handlers abort the interpreter's teardown after a signal (exit code 134): stop Ray
+            # here, then leave without that teardown
+            sys.modules["ray"].shutdown()
+            sys.stdout.flush()
+            os._exit(128 + signum)
+        return 128 + signum
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -54,19 +54,14 @@ def resolve(params: dict) -> dict:
 
         params = deep_merge(params, load_params(train["overrides"]))
         train = params["train"]
-    unknown = sorted(set(train) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown keys in train section: {', '.join(unknown)}")
+    check_params(params)
     mlf = {**TRAIN_DEFAULTS["mlflow"], **(train.get("mlflow") or {})}
     guard = {**TRAIN_DEFAULTS["guard"], **(train.get("guard") or {})}
-    unknown = sorted(set(guard) - set(TRAIN_DEFAULTS["guard"]))
-    if unknown:
-        raise ConfigError(f"unknown keys in train.guard: {', '.join(unknown)}")
     train = {**TRAIN_DEFAULTS, **train, "mlflow": mlf, "guard": guard}
     if not train["dataset"]:
         train["dataset"] = (params.get("data") or {}).get("output") or "data/demo"
     for k in ("steps", "batch_size", "checkpoint_every", "keep_best_k", "num_workers", "log_every"):
-        if not isinstance(train[k], int) or train[k] < 1:
+        if not _integer(train[k]) or train[k] < 1:
             raise ConfigError(f"train.{k} must be an integer >= 1, got {train[k]!r}")
     if train["cluster"] is not None and not str(train["cluster"]).startswith(("http://", "https://")):
         raise ConfigError(f"train.cluster must be a Ray job server address (http://head:8265) or null, got "
@@ -74,18 +69,46 @@ def resolve(params: dict) -> dict:
     if not isinstance(train["fresh"], bool):
         raise ConfigError(f"train.fresh must be true or false, got {train['fresh']!r}")
     for k in ("max_failures", "image_every", "image_count", "val_pairs", "val_images"):
-        if not isinstance(train[k], int) or train[k] < 0:
+        if not _integer(train[k]) or train[k] < 0:
             raise ConfigError(f"train.{k} must be an integer >= 0, got {train[k]!r}")
     model = params.get("model") or {}
     if "map" not in model or "potential" not in model:
         raise ConfigError("params need model.map and model.potential")
     check_sizes(model["map"], model["potential"], int(train["lr_crop"]), int(train["hr_crop"]))
-    if not isinstance(guard["patience"], int) or guard["patience"] < 0:
+    if not _integer(guard["patience"]) or guard["patience"] < 0:
         raise ConfigError(f"train.guard.patience must be an integer >= 0 (0 = off), got {guard['patience']!r}")
     solver_config(dict(params.get("solver") or {}))  # validates
     params["train"] = train
     params.setdefault("seed", 0)
     return params
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's `true` is not a step count
+
+
+def check_params(params: dict) -> None:
+    """The train stage's sections against their defaults (:mod:`pipelines.params_schema`): ``train`` (open:
+    ``resources_per_worker``), ``solver`` (:class:`ots.solver_config.SolverConfig`'s fields), ``model.map`` /
+    ``model.potential`` (their architecture's constructor arguments) and ``seed``."""
+    import inspect
+
+    from ots.models import MAPS, POTENTIALS
+    from ots.solver_config import SolverConfig
+    from pipelines.params_schema import check_keys, check_sections, dataclass_defaults
+
+    check_sections({k: v for k, v in params.items() if k != "dataset"})  # `dataset`: the driver's identity
+    check_keys(params.get("train"), TRAIN_DEFAULTS, "train", open_keys=("train.resources_per_worker",))
+    check_keys(params.get("solver"), dataclass_defaults(SolverConfig), "solver")
+    model = params.get("model") or {}
+    check_keys(model, {"map": {}, "potential": {}}, "model", open_keys=("model.map", "model.potential"))
+    for part, registry in (("map", MAPS), ("potential", POTENTIALS)):
+        cfg = model.get(part)
+        if isinstance(cfg, dict) and cfg.get("arch") in registry:  # an unknown arch: the builder's one line
+            sig = inspect.signature(registry[cfg["arch"]].__init__).parameters.values()
+            known = {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in sig
+                     if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+            check_keys(cfg, {"arch": "", **known}, f"model.{part}")
 
 
 def solver_config(solver: dict):

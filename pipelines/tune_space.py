@@ -44,11 +44,11 @@ class TuneConfig:
     @classmethod
     def from_dict(cls, section: Any, base: dict) -> TuneConfig:
         """Validate ``section`` (the raw ``tune:`` mapping) against ``base`` (the resolved training params)."""
+        from pipelines.params_schema import check_keys, dataclass_defaults
+
         if not isinstance(section, dict):
             raise ConfigError("tune section must be a mapping")
-        unknown = sorted(set(section) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown keys in tune section: {', '.join(unknown)}")
+        check_keys(section, dataclass_defaults(cls), "tune", open_keys=("tune.space", "tune.resources_per_trial"))
         cfg = cls(**{**section, "space": check_space(section.get("space"), base)})
         for k in ("num_samples", "max_steps", "report_every", "grace_period", "val_crops", "verbose"):
             v = getattr(cfg, k)

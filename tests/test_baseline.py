@@ -29,7 +29,7 @@ def test_repo_baseline_is_the_gan_on_the_same_budget():
 @pytest.mark.parametrize("section, message", [
     (None, "no `baseline:` section"),
     ({"solver": {"kind": "gan"}}, "must differ from train.output_dir"),
-    ({"bogus": 1, "train": {"output_dir": "x"}}, "unknown keys in baseline section: bogus"),
+    ({"bogus": 1, "train": {"output_dir": "x"}}, "unknown key 'baseline.bogus'"),
 ])
 def test_bad_baseline_sections(section, message, tmp_path, capsys):
     doc = {"train": {"output_dir": "outputs/train"}}

@@ -219,7 +219,9 @@ def test_train_stage_runs_as_a_ray_job_and_brings_its_outputs_home(tmp_path, ray
     for junk in (".venv/bin/python", "data/big.bin", "outputs/ray/old.bin", "mlruns/0/x"):
         (repo / junk).parent.mkdir(parents=True, exist_ok=True)
         (repo / junk).write_bytes(b"x" * 1024)
-    (repo / ".env").write_text("AWS_SECRET_ACCESS_KEY=do-not-upload\n")
+    for secret in (".env", ".envrc", "prod.env", ".aws/credentials"):  # .rayignore's allow-list keeps them home
+        (repo / secret).parent.mkdir(parents=True, exist_ok=True)
+        (repo / secret).write_text("AWS_SECRET_ACCESS_KEY=do-not-upload\n")
     (repo / "infra" / "tuned.yaml").write_text(yaml.safe_dump({"solver": {"lr_map": 2e-4}}))
     params = {
         "seed": 0, "model": TINY_MODEL, "data": {"output": dataset},
@@ -270,7 +272,7 @@ def test_train_stage_runs_as_a_ray_job_and_brings_its_outputs_home(tmp_path, ray
               if (p / "infra" / "params.job.yaml").is_file()]
     assert published["final_checkpoint"] == str((pkg / "outputs" / "train" / "final.pt").resolve())
     assert (pkg / "ots" / "data" / "loader.py").is_file()
-    for local in (".venv", ".env", "data", "mlruns", "outputs/ray/old.bin"):
+    for local in (".venv", ".env", ".envrc", "prod.env", ".aws", "data", "mlruns", "outputs/ray/old.bin"):
         assert not (pkg / local).exists(), local
 
 

@@ -153,7 +153,7 @@ def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {"bogus": 1}}))
     assert register.main(["--params", "params.yaml"]) == 2
-    assert "unknown keys in register section: bogus" in capsys.readouterr().err
+    assert "unknown key 'register.bogus'" in capsys.readouterr().err
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {}}))
     assert register.main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err

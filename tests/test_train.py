@@ -97,7 +97,9 @@ def test_repo_params_and_dvc_stage():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"bogus": 1}, "unknown keys in train section: bogus"),
+    ({"bogus": 1}, "unknown key 'train.bogus'"),
+    ({"stpes": 3}, "unknown key 'train.stpes' (did you mean 'steps'?)"),
+    ({"steps": True}, "train.steps must be a number, got True (bool)"),
     ({"hr_crop": 64}, "does not match the crops"),
     ({"steps": 0}, "train.steps must be an integer >= 1"),
 ])
@@ -112,6 +114,45 @@ def test_missing_dataset_fails_on_the_driver(tmp_path, capsys):
     path = write(tmp_path, make_params(tmp_path, str(tmp_path / "nothing"), f"sqlite:///{tmp_path}/m.db"))
     assert train.main(["--params", path]) == 2
     assert capsys.readouterr().err.startswith("train: error:")
+
+
+def test_new_data_under_the_same_output_is_never_resumed(tmp_path, tiny_dataset, monkeypatch):
+    """#19.1, the driver's resume decision without Ray (``_fit`` stubbed as a killed driver): the rerun on the
+    same data resumes the unfinished run; after ``prepare`` wrote other data (seed 1) to the same output it starts
+    a new run, retires the old one naming the dataset digest, and records the manifest's data params."""
+    import shutil
+
+    from conftest import TINY, make_aim19
+    from mlflow import MlflowClient
+
+    from ots.data.shards import ShardConfig, build_shards
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, ds)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = make_params(tmp_path, str(ds), uri)
+    seen = []
+
+    def killed(params, client, run_id, *rest):  # what a driver killed mid-run leaves: an unfinished run
+        seen.append(run_id)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_fit", killed)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            train.run(params)
+    assert seen[0] == seen[1]  # same data, same config: resumed
+    build_shards(make_aim19(tmp_path / "aim19"), str(ds), cfg=ShardConfig(**TINY, shard_bytes=40_000),
+                 extra={"source": "demo", "seed": 1}, progress=False)  # `prepare` with data.seed: 1, same output
+    with pytest.raises(KeyboardInterrupt):
+        train.run(params)
+    client = MlflowClient(uri)
+    old, new = client.get_run(seen[0]), client.get_run(seen[2])
+    assert seen[2] != seen[0] and old.data.tags["ots.superseded_by"] == seen[2]
+    assert "dataset.digest: " in old.data.tags["ots.superseded_reason"]
+    assert old.data.params["dataset.seed"] == "None" and new.data.params["dataset.seed"] == "1"
+    assert new.data.params["dataset.shards.hr_tile"] == "96"
+    assert old.data.params["dataset.digest"] != new.data.params["dataset.digest"]
 
 
 # -- Ray, one node --------------------------------------------------------------------------------------------
@@ -297,7 +338,9 @@ def test_sigterm_ends_the_run_killed_and_the_rerun_resumes_it(tmp_path, tiny_dat
             proc.kill()
     client = MlflowClient(uri)
     (run,) = train_runs(client).values()
-    assert proc.returncode != 0 and client.get_run(run.info.run_id).info.status == "KILLED"
+    # 128 + SIGTERM like any process a signal stopped (#19.7: it was 134, an abort in Ray's teardown)
+    assert proc.returncode == 143, proc.stderr.read()[-2000:]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
     done = int(client.get_run(run.info.run_id).data.tags["ots.last_checkpoint_step"])
     params["train"]["steps"] = done + 2
     assert train.main(["--params", write(tmp_path, params)]) == 0

@@ -127,7 +127,7 @@ def test_unpaired_val_crops(tiny_dataset):
 def test_unknown_tune_key_and_missing_dataset(tmp_path, capsys):
     params = make_params(tmp_path, str(tmp_path / "nothing"), f"sqlite:///{tmp_path}/m.db", bogus=1)
     assert tune.main(["--params", write(tmp_path, params)]) == 2
-    assert "unknown keys in tune section: bogus" in capsys.readouterr().err
+    assert "unknown key 'tune.bogus'" in capsys.readouterr().err
     del params["tune"]["bogus"]
     assert tune.main(["--params", write(tmp_path, params)]) == 2
     assert capsys.readouterr().err.startswith("tune: error:")
