@@ -61,12 +61,13 @@ class Tracker:
         self.client.log_batch(self.w.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
 
     def validate(self, step: int) -> dict:
-        """Full val images through the map to evaluate (EMA when kept): SWD (selection) and PSNR."""
+        """Full val images through the map to evaluate (EMA when kept): colour-aware SWD (selection), PSNR, colour."""
         score = self.validation(self.w.solver.map_for_eval)
-        val = {"val_swd": score["swd"], "val_psnr": score["psnr"]}
+        val = {"val_swd": score["swd"], "val_psnr": score["psnr"], "val_color": score["color"]}
         if step > self.last_logged or step == 0:
             bic = self.validation.bicubic
-            self._metrics(step, {**val, "val_bicubic_swd": bic["swd"], "val_bicubic_psnr": bic["psnr"]})
+            self._metrics(step, {**val, "val_bicubic_swd": bic["swd"], "val_bicubic_psnr": bic["psnr"],
+                                 "val_bicubic_color": bic["color"]})
         return val
 
     def log(self, step: int, target: int, metrics: dict) -> None:

@@ -116,7 +116,9 @@ def _bench(args) -> int:
         plot_probe(Path(args.out).with_suffix(".png"), result)
         print(json.dumps({r: v["accuracy"][-1] for r, v in result["rungs"].items()}))
         return 0
-    jobs = [LadderJob(r, m, s, data[r].dataset, str(Path(args.work) / r / f"{m}-seed{s}"), params, args.steps,
+    # Run folders are named by what decides the run (recipe, steps), so several recipes share one work folder.
+    tag = hashlib.sha256(json.dumps([params, args.steps], sort_keys=True).encode()).hexdigest()[:8]
+    jobs = [LadderJob(r, m, s, data[r].dataset, str(Path(args.work) / r / f"{m}-seed{s}-{tag}"), params, args.steps,
                       args.eval_every) for r in rungs for m in methods for s in seeds]
     runs = _run_all(jobs, args.jobs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
