@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from conftest import free_port, wait_http  # noqa: E402
 from test_serving import make_checkpoint  # noqa: E402
 
-from ots.imageio import encode_png  # noqa: E402
+from ots.imagewrite import encode_png  # noqa: E402
 from pipelines import serving_pyfunc  # noqa: E402
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ots.atomic import write_bytes, write_text
 from ots.evaluate import HIGHER_IS_BETTER, LABELS, METRICS, Pair, as_rgb8, check_pairs
-from ots.imageio import encode_png
+from ots.imagewrite import encode_png
 
 __all__ = ["grid_image", "markdown_table", "metrics_json", "per_image_csv", "report_json", "save_grid",
            "write_report"]

@@ -1,4 +1,4 @@
-"""Image I/O: the one decoder every door shares (``prepare``, ``ots upscale``, the served model) and the writers.
+"""Image input: the one decoder every door shares (``prepare``, ``ots upscale``, the served model).
 
 :func:`decode_image` returns ``(H, W, C)`` ``uint8`` or ``uint16`` (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) and
 keeps 16 bits: 16-bit PNGs of every colour type are decoded losslessly (Pillow reads 16-bit gray only; RGB(A)
@@ -11,10 +11,8 @@ and :func:`image_info` reports the upright size.
 :func:`to_rgb8` converts any decoded array to the ``uint8`` RGB the data layer stores: 16 bit is *rescaled*
 (``round(v * 255 / 65535)``, never clipped), gray is replicated, alpha is dropped.
 
-Files: :func:`read_image` / :func:`probe_file` (header only) and :func:`write_image` (atomic; PNG through
-:func:`encode_png` -- Pillow, and OpenCV for the 16-bit colour Pillow cannot write --, other formats through
-Pillow). Errors are one-line :class:`ots.errors.InferenceError` at the file doors, :class:`ots.errors.DataError`
-for bytes.
+Files: :func:`read_image` / :func:`probe_file` (header only); the writers are in :mod:`ots.imagewrite`.
+Errors are one-line :class:`ots.errors.InferenceError` at the file doors, :class:`ots.errors.DataError` for bytes.
 """
 
 from __future__ import annotations
@@ -25,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ots import atomic
-from ots.errors import ConfigError, DataError, InferenceError, one_line
+from ots.errors import DataError, InferenceError, one_line
 from ots.locations import not_regular
 
 # Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_LEVEL = 6  # zlib level of PNG outputs: Pillow's and libpng's default
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the numpy op making pixels upright: Pillow's exif_transpose for what it did not decode (16 bit)
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
@@ -41,8 +37,8 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "decode_image", "encode_png", "image_info", "png_bit_depth",
-           "probe_file", "read_image", "to_depth8", "to_rgb8", "write_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "decode_image", "image_info", "png_bit_depth", "probe_file",
+           "read_image", "to_depth8", "to_rgb8"]
 
 
 def png_bit_depth(data: bytes) -> int | None:
@@ -222,62 +218,6 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
         return decode_image(data, str(p), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     except DataError as e:
         raise InferenceError(str(e)) from e
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a uint8/uint16 gray, gray+alpha, RGB or RGBA image, through maintained encoders (zlib level 6,
-    libpng's adaptive row filters): Pillow for 8 bit and 16-bit gray, OpenCV (``cv2.imencode``, as BasicSR and
-    Real-ESRGAN write) for 16-bit colour, which Pillow cannot write. 16-bit gray+alpha, which neither writes, is
-    stored as 16-bit RGBA (gray replicated): every value is kept, the decoded layout has 4 channels."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or a.dtype not in (np.uint8, np.uint16) or not a.size:
-        raise ConfigError(f"cannot encode a {a.dtype} image of shape {np.asarray(image).shape} as PNG")
-    c = a.shape[2]
-    if a.dtype == np.uint8 or c == 1:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(a[:, :, 0] if c == 1 else a)).save(buf, format="PNG",
-                                                                                compress_level=PNG_LEVEL)
-        return buf.getvalue()
-    import cv2  # lazily: only 16-bit colour needs it
-
-    if c == 2:
-        a = np.concatenate([a[:, :, :1]] * 3 + [a[:, :, 1:]], axis=2)
-    bgr = cv2.cvtColor(a, cv2.COLOR_RGB2BGR if c == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
-    if not ok:  # pragma: no cover - libpng refuses nothing that passed the checks above
-        raise ConfigError(f"OpenCV could not encode a {a.dtype} image of shape {a.shape} as PNG")
-    return buf.tobytes()
-
-
-def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write PNG (any supported depth/layout) or, for 8-bit images, any format Pillow knows by suffix; atomic."""
-    p = Path(path)
-    a = np.asarray(image)
-    if p.suffix.lower() == ".png":
-        data = encode_png(a)
-    else:
-        if a.dtype != np.uint8:
-            raise ConfigError(f"{p.suffix} output supports 8-bit images only; write a .png for {a.dtype}")
-        from PIL import Image
-
-        a = a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a
-        if p.suffix.lower() in (".jpg", ".jpeg") and a.ndim == 3 and a.shape[2] in (2, 4):
-            a = a[:, :, : a.shape[2] - 1]  # JPEG has no alpha
-            a = a[:, :, 0] if a.shape[2] == 1 else a
-        buf = io.BytesIO()
-        try:
-            Image.fromarray(a).save(buf, format=Image.registered_extensions().get(p.suffix.lower()))
-        except (OSError, ValueError, KeyError) as e:
-            raise InferenceError(f"cannot write {p}: {e}") from e
-        data = buf.getvalue()
-    try:
-        return atomic.write_bytes(p, data)
-    except OSError as e:
-        raise InferenceError(f"cannot write {p}: {e.strerror or e}") from e
 
 
 def _regular(path: str | Path) -> Path:

@@ -24,7 +24,8 @@ from torch import nn
 
 from ots.checkpoint import load_map
 from ots.errors import ConfigError, InferenceError, OTSError, one_line
-from ots.imageio import IMAGE_SUFFIXES, encode_png, probe_file, read_image, to_depth8, write_image
+from ots.imageio import IMAGE_SUFFIXES, probe_file, read_image, to_depth8
+from ots.imagewrite import encode_png, write_image
 from ots.memory import available_memory, check_memory, estimate_memory
 from ots.tiling import (
     DEFAULT_OVERLAP,

@@ -33,10 +33,11 @@ def baseline_params(doc: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.train import stage
+    from pipelines.train import run
+    from pipelines.train_stage import stage
 
     return stage("train_gan", __doc__, baseline_params, argv, ("mlflow_run_id", "steps", "best_checkpoint", "wall_s"),
-                 module="pipelines.baseline")
+                 run=run, module="pipelines.baseline")
 
 
 if __name__ == "__main__":

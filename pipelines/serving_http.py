@@ -267,7 +267,7 @@ class BoundedUpscaleServer:
 
     def _work(self, images: list[bytes], tile: int, overlap: int, cancel) -> list[dict]:
         from ots.errors import OTSError
-        from ots.imageio import encode_png
+        from ots.imagewrite import encode_png
         from ots.infer import upscale_array
         from ots.tiling import Cancelled
 

@@ -1,23 +1,20 @@
 """The served model: a custom MLflow pyfunc wrapping the trained map (checkpoint artifact) and the tiled inference.
 
-The bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.
-
-Not the default ``pt2`` export (it freezes the input size): any image size goes through :mod:`ots.infer`.
+Not the default ``pt2`` export (it freezes the input size): any image size goes through :mod:`ots.infer`. The
+bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.
 
 Payload (``POST /invocations``, ``Content-Type: application/json``)::
 
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], ...]},
      "params": {"tile": 256, "overlap": 32}}          # params optional
 
-``image``: a ``string`` column in the base64 convention of :mod:`pipelines.serving_payload`, decoded here (not
-by MLflow); raw ``bytes`` from Python, or uint8/uint16 arrays through ``unwrap_python_model().predict(None, df)``.
-Any format Pillow reads (gray, gray+alpha, RGB, RGBA; 8 or 16 bit). The answer, as from
+``image``: a ``string`` column, base64 as in :mod:`pipelines.serving_payload` (decoded here, not by MLflow); raw
+``bytes`` or uint8/uint16 arrays from Python; any format Pillow reads, 8 or 16 bit. The answer, as from
 :mod:`pipelines.serving_http`: ``{"predictions": [{"image": "<base64 PNG>", "height": H, "width": W}, ...]}``
 (same bit depth and channel layout as the input, ``scale`` times larger).
 
-Bad inputs (not an image, empty, more than ``max_bytes`` bytes or ``max_pixels`` pixels, bad tiling params) raise
-``MlflowException(INVALID_PARAMETER_VALUE)``: the scoring server answers HTTP 400 with the message and keeps
-serving. Malformed JSON and a missing ``image`` column are rejected by MLflow itself with a 400.
+Bad inputs (not an image, empty, over ``max_bytes`` bytes or ``max_pixels`` pixels, bad tiling params) raise
+``MlflowException(INVALID_PARAMETER_VALUE)``: HTTP 400 with the message (malformed JSON: MLflow's own 400).
 """
 
 from __future__ import annotations
@@ -161,7 +158,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
     # not warn about a hint-less predict
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from ots.errors import OTSError
-        from ots.imageio import encode_png
+        from ots.imagewrite import encode_png
         from ots.infer import upscale_array
         from ots.memory import is_out_of_memory
         from ots.tiling import Cancelled
@@ -241,19 +238,18 @@ def signature(tile: int = 256, overlap: int = 32):
 
 
 def example_png(h: int = 8, w: int = 8) -> bytes:
-    from ots.imageio import encode_png
+    from ots.imagewrite import encode_png
 
     y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(h + w - 2, 1)], -1)
-    return encode_png(img.astype(np.uint8))
+    return encode_png(np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1),
+                                (x + y) * 127 // max(h + w - 2, 1)], -1).astype(np.uint8))
 
 
 def pip_requirements() -> list[str]:
     import torch
 
-    # opencv-python-headless: 16-bit RGB(A) answers are encoded by it (ots.imageio.encode_png)
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas",
-            "pillow", "opencv-python-headless", "pyyaml", "tqdm"]
+            "pillow", "opencv-python-headless", "pyyaml", "tqdm"]  # cv2: 16-bit colour PNG answers
 
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,

@@ -23,7 +23,6 @@ submits itself there as a Ray job and brings the outputs home (:mod:`pipelines.c
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -33,9 +32,10 @@ from pathlib import Path
 
 from ots.atomic import atomic_path
 from ots.errors import NonFiniteLossError, OTSError
-from pipelines.cluster import JOB_OUTPUT_ENV, job_server, publish, submit
+from pipelines.cluster import JOB_OUTPUT_ENV, publish
 from pipelines.raywire import init_ray  # before anything imports ray: it sets Ray's loopback switch
 from pipelines.train_config import abs_local, resolve
+from pipelines.train_stage import _on_term, stage
 from pipelines.worker import CKPT, train_loop
 
 # Test hooks, passed in by tests through the environment (never params): rank 0 raises once at this step /
@@ -253,57 +253,9 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     return summary
 
 
-_SIGNALLED: list[int] = []  # the signals ``_on_term`` received
-
-
-def _on_term(signum, _frame):
-    _SIGNALLED.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
-          module: str = "pipelines.train") -> int:
-    """The train-like stages' CLI (``python -m module``): ``--params``, ``--fresh``; trains here or, with a Ray job
-    server (:func:`pipelines.cluster.job_server`), as a Ray job of the same command. SIGTERM ends the MLflow run
-    KILLED (via KeyboardInterrupt), not RUNNING forever, stops a submitted job, and ends the process with
-    128 + the signal (143; Ctrl-C: 130)."""
-    import sys
-
-    from pipelines.common import stage_main
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
-    flags, rest = pre.parse_known_args(argv)
-
-    def train_or_submit(doc_: dict, path: str) -> dict:
-        params = make_params(doc_)
-        address = job_server(resolve(params)["train"])
-        if address:
-            return submit(module, path, params, address, fresh=flags.fresh, stage=name)
-        return run(params, fresh=flags.fresh)
-
-    previous = signal.signal(signal.SIGTERM, _on_term)
-    try:
-        return stage_main(name, doc, train_or_submit, rest,
-                          lambda summary: print(json.dumps({k: summary[k] for k in keys})))
-    except (KeyboardInterrupt, SystemExit) as e:
-        signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(e, KeyboardInterrupt) else None
-        if signum is None:  # sys.exit() from argparse (--help) or elsewhere
-            raise
-        print(f"{name}: stopped by signal {signum}", file=sys.stderr, flush=True)
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            # Ray's native handlers abort the interpreter's teardown after a signal (exit code 134): stop Ray
-            # here, then leave without that teardown
-            sys.modules["ray"].shutdown()
-            sys.stdout.flush()
-            os._exit(128 + signum)
-        return 128 + signum
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
-    return stage("train", __doc__, lambda doc: doc, argv, ("mlflow_run_id", "steps", "final_checkpoint", "wall_s"))
+    return stage("train", __doc__, lambda doc: doc, argv, ("mlflow_run_id", "steps", "final_checkpoint", "wall_s"),
+                 run=run)
 
 
 if __name__ == "__main__":

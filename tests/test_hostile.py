@@ -25,7 +25,7 @@ import yaml
 from test_infer import Nearest
 
 import ots.infer as infer
-from ots.imageio import encode_png
+from ots.imagewrite import encode_png
 
 PNG = encode_png(np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.uint8))
 TINY_MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
