@@ -26,7 +26,7 @@ DISTS = {"torch": "torch", "torchvision": "torchvision", "lpips": "lpips", "pyar
          "tqdm": "tqdm", "yaml": "pyyaml", "ray": "ray", "mlflow": "mlflow", "dvc": "dvc", "boto3": "boto3",
          "botocore": "boto3", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript",
          "pytest": "pytest", "moto": "moto", "psutil": "psutil", "packaging": "pytest",
-         "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn"}
+         "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn", "piq": "piq"}
 
 
 def _requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
