@@ -144,12 +144,12 @@ def load_map(source: str, device: str = "cpu"):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.models fetch <source> -o map.pt``: one line on stderr and exit 2 on any error."""
-    import argparse
     import sys
 
+    from ots.argparsing import ArgumentParser
     from ots.errors import OTSError
 
-    ap = argparse.ArgumentParser(prog="python -m pipelines.models",
+    ap = ArgumentParser(prog="python -m pipelines.models",
                                  description="Registry models -> local checkpoint files that `ots` commands load.")
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download the map checkpoint behind a registry URI or run id")
