@@ -241,16 +241,13 @@ def example_png(h: int = 8, w: int = 8) -> bytes:
 
 
 def pip_requirements() -> list[str]:
-    """What the served model imports (tests/test_serving.py checks it against the import graph): torch and
-    torchvision at the versions it was logged with (torchvision decodes 16-bit RGB(A) PNGs and must match torch)."""
+    """What the served code imports (tests/test_serving.py checks): torchvision (16-bit PNGs) pinned with torch."""
     import torch
     import torchvision
 
-    def pin(v: str) -> str:
-        return v.split("+")[0]  # a local build tag (+cu130, +cpu) is not on the package index
-
-    return [f"mlflow=={mlflow.__version__}", f"torch=={pin(torch.__version__)}",
-            f"torchvision=={pin(torchvision.__version__)}", "numpy", "pandas", "pillow", "pyyaml", "tqdm"]
+    pins = {n: m.__version__.split("+")[0] for n, m in (("torch", torch), ("torchvision", torchvision))}  # no +cu
+    return [f"mlflow=={mlflow.__version__}", *(f"{n}=={v}" for n, v in pins.items()), "numpy", "pandas", "pillow",
+            "pyyaml", "tqdm"]
 
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,

@@ -80,7 +80,7 @@ def test_direct_imports_are_declared():
     code = _top_level_imports([*ROOT.glob("ots/**/*.py"), *ROOT.glob("pipelines/**/*.py")])
     tests = _top_level_imports(ROOT.glob("tests/*.py"))
     stdlib = set(sys.stdlib_module_names) | {"ots", "pipelines", "conftest", "test_serving", "test_data_hardening",
-                                             "test_infer", "test_dvc", "__future__"}
+                                             "test_infer", "test_dvc", "test_infra", "__future__"}
     for name in sorted((code | tests) - stdlib):
         assert name in DISTS, f"{name} is imported but not mapped to a distribution in this test"
         assert DISTS[name] in declared, f"{name} ({DISTS[name]}) is imported but not declared in pyproject.toml"

@@ -77,50 +77,22 @@ def direct_model(checkpoint):
 # --------------------------------------------------------------------------------------------- in-process
 
 
-def _requirement_closure(names) -> set[str]:
-    """Installed distributions that ``pip install names`` brings (Requires-Dist, recursively, without extras)."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    todo, seen = [Requirement(n).name for n in names], set()
-    while todo:
-        name = todo.pop().lower().replace("_", "-")
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            reqs = metadata.requires(name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        for r in map(Requirement, reqs):
-            if r.marker is None or r.marker.evaluate({"extra": ""}):
-                todo.append(r.name)
-    return seen
-
-
 def test_served_model_requirements_cover_every_package_its_code_imports():
     """Issue 20.4: the logged model's pip requirements (what `mlflow models build-docker` and `--env-manager
     virtualenv` install) bring every third-party package the served code imports, lazy imports included (the
     16-bit PNG decoder's torchvision was missing)."""
-    import ast
-
+    from packaging.requirements import Requirement
     from test_dvc import ROOT, import_closure
+    from test_infra import _closure, _top_level_imports
 
     from pipelines.serving_pyfunc import pip_requirements
 
     dists = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image"}
     s3_only = {"boto3", "botocore"}  # ots.storage imports them for s3:// checkpoints; the model's is a local file
-    imported = set()
-    for f in import_closure("pipelines.serving_model"):
-        for node in ast.walk(ast.parse((ROOT / f).read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
+    imported = _top_level_imports(ROOT / f for f in import_closure("pipelines.serving_model"))
     imported -= set(sys.stdlib_module_names) | {"ots", "pipelines", "__future__"} | s3_only
     assert "torchvision" in imported  # the scan sees the lazy import in ots.imageio
-    brought = _requirement_closure(pip_requirements())
+    brought = _closure([Requirement(r) for r in pip_requirements()])
     missing = sorted(dists.get(n, n) for n in imported if dists.get(n, n) not in brought)
     assert not missing, f"the served model imports {missing} but its requirements do not bring them"
 
