@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from ots.errors import OTSError
 
     ap = ArgumentParser(prog="python -m pipelines.models",
-                                 description="Registry models -> local checkpoint files that `ots` commands load.")
+                        description="Registry models -> local checkpoint files that `ots` commands load.")
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download the map checkpoint behind a registry URI or run id")
     f.add_argument("source", help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path> or a run id")

@@ -5,9 +5,9 @@
 Logs the :mod:`pipelines.serving` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
 registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``),
 always points the alias ``register.challenger`` (``challenger``: the newest version, what `make demo` leaves to
-serve) at it, and moves the alias ``register.alias`` (``champion``: the version to serve in production) to it only
-when (1) it beats *bicubic* on ``register.metric``
-(bicubic is the floor: a map no better than plain upsampling is never served) while its PSNR is no more than
+serve) at it, and moves the alias ``register.alias`` (``champion``: the version to serve in production) to it
+only when (1) it beats *bicubic* on ``register.metric`` (bicubic is the floor: a map no better than plain
+upsampling is never served) while its PSNR is no more than
 ``register.psnr_tolerance_db`` below bicubic's, and (2) it beats the current champion on ``register.metric``
 (``greater_is_better``). Ties, a missing metric on the new version, and a champion without that metric keep the
 old champion. The decision and its reason go to the version's description and to tags
