@@ -10,7 +10,7 @@ IMAGE   ?= ghcr.io/ots-project/ots:0.1.0
 # Extra pins applied while resolving the lock (this build machine caps torch/torchvision to the wheels it has).
 LOCK_CONSTRAINTS ?= $(wildcard /etc/xdg/pip/constraints.txt)
 
-.PHONY: demo test lint install install-latest lock image clean photoset cpu-small
+.PHONY: demo test lint install install-latest lock image image-cpu clean photoset cpu-small
 
 # pip 23 backtracks forever on ray+mlflow+dvc-s3+moto: upgrade pip first. --no-deps: the lock is complete.
 $(STAMP): pyproject.toml requirements.lock
@@ -29,14 +29,21 @@ install-latest:
 
 install: $(STAMP)
 
-# Re-resolve after editing dependencies in pyproject.toml (needs uv: `pip install uv`).
+# Re-resolve after editing dependencies in pyproject.toml (needs uv: `pip install uv`). requirements-runtime.lock
+# (the image's) is the same resolution without the dev and export extras: constrained to requirements.lock's pins.
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header
 lock:
-	$(UV) pip compile pyproject.toml --extra pipeline --extra dev --extra export --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --no-header $(addprefix -c ,$(LOCK_CONSTRAINTS)) -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra pipeline --extra dev --extra export $(LOCK_FLAGS) \
+	  $(addprefix -c ,$(LOCK_CONSTRAINTS)) -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra pipeline $(LOCK_FLAGS) -c requirements.lock -o requirements-runtime.lock
 
-# The project image for the clusters (infra/); needs a Docker daemon.
+# The project image for the clusters (infra/): runtime dependencies only; GPU (torch's CUDA wheels) or CPU
+# variant of the same Dockerfile. Needs a Docker daemon.
 image:
-	docker build -t $(IMAGE) .
+	docker build --build-arg VARIANT=gpu -t $(IMAGE) .
+
+image-cpu:
+	docker build --build-arg VARIANT=cpu -t $(IMAGE)-cpu .
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from ots import __version__
+from ots.argparsing import ArgumentParser
 from ots.errors import OTSError, one_line
 
 # verb -> (the module whose `add_commands(subparsers)` registers it, its one-line help for `ots --help`).
@@ -34,7 +36,7 @@ def _verb(argv: list[str]) -> str | None:
 
 def build_parser(verb: str | None = None, full: bool = True) -> argparse.ArgumentParser:
     """The parser; with ``full=False`` only ``verb``'s module is imported (the others are listed by name)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ots", description="OTS: unpaired image super-resolution with neural optimal transport maps."
     )
     parser.add_argument("--version", action="version", version=f"ots {__version__}")
@@ -56,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(_verb(argv), full=False)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`ots bench env | head`) fails here, inside the try, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader went away: what it wanted was printed; no traceback, and nothing left for Python to flush
+        # into the closed pipe at exit (the recipe of Python's `signal` docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a producer cut off by `head`
     except OTSError as e:
         print(f"ots: error: {one_line(e)}", file=sys.stderr)
         return 2

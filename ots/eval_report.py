@@ -143,15 +143,18 @@ def per_image_csv(results: Mapping[str, Any]) -> str:
 
 
 def write_report(out_dir: str | Path, pairs: Sequence[Pair], outputs: Mapping[str, Sequence[np.ndarray]],
-                 results: Mapping[str, Any], *, grid_images: int = 4, grid_crop: int | None = 256) -> dict[str, Path]:
+                 results: Mapping[str, Any], *, grid_images: int = 4, grid_crop: int | None = 256,
+                 metrics_file: str | Path | None = None, per_image_file: str | Path | None = None) -> dict[str, Path]:
     """``metrics.json`` (numbers only: DVC metrics), ``report.json`` (the rest of the summary), ``metrics.md``,
-    ``per_image.csv`` (DVC plots) and ``grid.png`` in ``out_dir``."""
+    ``per_image.csv`` (DVC plots) and ``grid.png`` in ``out_dir``; ``metrics_file``/``per_image_file`` put the
+    two files DVC reads elsewhere (the pipeline keeps them in git-tracked ``metrics/``)."""
     out = Path(out_dir)
     files = {
-        "metrics": write_text(out / "metrics.json", json.dumps(metrics_json(results), indent=2, sort_keys=True) + "\n"),
+        "metrics": write_text(metrics_file or out / "metrics.json",
+                              json.dumps(metrics_json(results), indent=2, sort_keys=True) + "\n"),
         "report": write_text(out / "report.json", json.dumps(report_json(results), indent=2, sort_keys=True) + "\n"),
         "table": write_text(out / "metrics.md", markdown_table(results)),
-        "per_image": write_text(out / "per_image.csv", per_image_csv(results)),
+        "per_image": write_text(per_image_file or out / "per_image.csv", per_image_csv(results)),
         "grid": save_grid(out / "grid.png", pairs, outputs, max_images=grid_images, crop=grid_crop),
     }
     return files

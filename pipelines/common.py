@@ -62,7 +62,7 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
     from ots.errors import OTSError, one_line
 
     ap = argparse.ArgumentParser(description=(doc or stage).splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     args = ap.parse_args(argv)
     try:
         result = run(load_params(args.params), args.params)

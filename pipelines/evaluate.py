@@ -6,7 +6,8 @@ Reads the ``evaluate:`` section of params.yaml and ``data.output``; the map come
 the training stage's ``run.json`` -- its ``best_checkpoint`` (selected by val SWD during training), never blindly
 the last one -- and the GAN baseline's from ``evaluate.gan_checkpoint`` or the baseline run's ``run.json``
 (``evaluate.gan_run_info``), when it exists. Writes, in ``evaluate.out``: ``metrics.json`` (DVC
-metrics), ``metrics.md``, ``per_image.csv`` (DVC plots: per-image PSNR/SSIM) and ``grid.png``, and logs the
+metrics; at ``evaluate.metrics`` when set), ``report.json``, ``metrics.md``, ``per_image.csv`` (DVC plots:
+per-image PSNR/SSIM; at ``evaluate.per_image`` when set) and ``grid.png``, and logs the
 metrics (``val_psnr``, ``val_ssim``, ``val_swd``, ``val_lpips``/``val_fid`` when their weights exist,
 ``val_bicubic_*``, ``val_gan_*``) and those files to the training run in MLflow. Unavailable metrics are null
 in the JSON, absent from MLflow, and their reasons are tagged ``evaluate.unavailable.<metric>``. A progress
@@ -29,6 +30,8 @@ DEFAULTS = {
     "gan_checkpoint": None,  # default: gan_run_info's best_checkpoint, when that file exists
     "gan_run_info": "outputs/train_gan/run.json",
     "out": "outputs/evaluate",
+    "metrics": None,     # metrics.json elsewhere than `out` (params.yaml: the git-tracked metrics/ folder)
+    "per_image": None,   # per_image.csv elsewhere than `out` (idem)
     "tile": 256,
     "overlap": 32,
     "device": "auto",
@@ -91,7 +94,8 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     results["checkpoint"] = str(ckpt)
     results["gan_checkpoint"] = gan_ckpt
     files = write_report(p["out"], pairs, outputs, results, grid_images=int(p["grid_images"]),
-                         grid_crop=int(p["grid_crop"]) or None)
+                         grid_crop=int(p["grid_crop"]) or None, metrics_file=p["metrics"],
+                         per_image_file=p["per_image"])
     print(markdown_table(results), end="")
     if p["mlflow"] and info.get("mlflow_run_id"):
         log_to_mlflow(uri, str(info["mlflow_run_id"]), results, files, step=int(info.get("steps") or 0))

@@ -85,6 +85,25 @@ def _run_model_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{pts[0]}"
 
 
+def _missing_alias(uri: str) -> str | None:
+    """For ``models:/<name>@<alias>`` naming an alias the registered model lacks: one line saying so and listing
+    the aliases it has (``make demo`` sets ``challenger``; ``champion`` only moves through register's gate)."""
+    m = re.fullmatch(r"models:/([^/@]+)@([^/@]+)", uri)
+    if not m:
+        return None
+    name, alias = m.groups()
+    try:
+        aliases = mlflow.MlflowClient().get_registered_model(name).aliases or {}
+    except MlflowException:
+        return None  # no such model (or no registry): MLflow's own message says so
+    if alias in aliases:
+        return None
+    have = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+    hint = (" (`champion` moves only when `register` finds a map better than bicubic; serve "
+            f"models:/{name}@challenger, the newest version, meanwhile)") if alias == "champion" else ""
+    return f"{uri}: registered model {name!r} has no alias {alias!r}{hint}; its aliases: {have}"
+
+
 def resolve_checkpoint(source: str, dst: str | os.PathLike) -> Path:
     """The map checkpoint behind a local path, ``runs:/``, ``models:/`` URI or run id (downloaded into ``dst``)."""
     if Path(source).is_file():
@@ -95,6 +114,9 @@ def resolve_checkpoint(source: str, dst: str | os.PathLike) -> Path:
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
     except MlflowException as e:
+        missing = _missing_alias(uri)
+        if missing:
+            raise CheckpointError(missing) from e
         raise CheckpointError(f"cannot fetch {uri} from {redact_uri(mlflow.get_tracking_uri())}: "
                               f"{one_line(str(e).strip().splitlines()[0])}") from e
     return _checkpoint_in(Path(local))
@@ -132,13 +154,13 @@ def named_map_path(name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.models fetch <source> -o map.pt``: one line on stderr and exit 2 on any error."""
-    import argparse
     import sys
 
+    from ots.argparsing import ArgumentParser
     from ots.errors import OTSError
 
-    ap = argparse.ArgumentParser(prog="python -m pipelines.models",
-                                 description="Registry models -> local checkpoint files that `ots` commands load.")
+    ap = ArgumentParser(prog="python -m pipelines.models",
+                        description="Registry models -> local checkpoint files that `ots` commands load.")
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download the map checkpoint behind a registry URI or run id")
     f.add_argument("source", help="models:/<name>@<alias>, models:/<name>/<version>, runs:/<run_id>/<path> or a run id")

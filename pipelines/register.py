@@ -3,9 +3,11 @@
     python -m pipelines.register --params params.yaml
 
 Logs the :mod:`pipelines.serving` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
-registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``) and
-moves the alias ``register.alias`` (``champion``) to it only when (1) it beats *bicubic* on ``register.metric``
-(bicubic is the floor: a map no better than plain upsampling is never served) while its PSNR is no more than
+registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``),
+always points the alias ``register.challenger`` (``challenger``: the newest version, what `make demo` leaves to
+serve) at it, and moves the alias ``register.alias`` (``champion``: the version to serve in production) to it
+only when (1) it beats *bicubic* on ``register.metric`` (bicubic is the floor: a map no better than plain
+upsampling is never served) while its PSNR is no more than
 ``register.psnr_tolerance_db`` below bicubic's, and (2) it beats the current champion on ``register.metric``
 (``greater_is_better``). Ties, a missing metric on the new version, and a champion without that metric keep the
 old champion. The decision and its reason go to the version's description and to tags
@@ -29,6 +31,7 @@ from pipelines.run_record import read_metrics, read_run_info, selected_checkpoin
 DEFAULTS = {
     "model_name": "ots-sr",
     "alias": "champion",
+    "challenger": "challenger",      # always the new version (MLflow's champion/challenger convention; null: none)
     "metric": "val_swd",             # the unpaired distribution metric the map was selected by
     "greater_is_better": False,
     "floor": "bicubic",              # the map must beat this method on `metric` (null: no floor)
@@ -125,13 +128,16 @@ def _champion(client, name: str, alias: str, metric: str):
 def register_version(model_uri: str, model_name: str, metrics: dict[str, float], *, run_id: str | None = None,
                      metric: str = "val_swd", greater_is_better: bool = False, alias: str = "champion",
                      floor: str | None = "bicubic", psnr_tolerance_db: float | None = 0.5,
-                     floor_margin: float = 0.01) -> dict:
-    """Register ``model_uri`` as a new version of ``model_name`` and gate the alias (global tracking URI)."""
+                     floor_margin: float = 0.01, challenger: str | None = "challenger") -> dict:
+    """Register ``model_uri`` as a new version of ``model_name``, point ``challenger`` at it and gate ``alias``
+    (global tracking URI)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     mv = mlflow.register_model(model_uri, model_name)
     version = str(mv.version)
+    if challenger:
+        client.set_registered_model_alias(model_name, challenger, version)
     for k, v in sorted(metrics.items()):
         if _number(v) is not None:
             client.set_model_version_tag(model_name, version, METRIC_TAG + k, repr(float(v)))
@@ -152,7 +158,8 @@ def register_version(model_uri: str, model_name: str, metrics: dict[str, float],
     client.set_model_version_tag(model_name, version, "champion.previous", previous or "none")
     client.update_model_version(model_name, version, description=f"{alias}: {reason}")
     return {"model_name": model_name, "version": version, "model_uri": model_uri, "run_id": run_id or mv.run_id,
-            "alias": alias, "alias_moved": move, "champion": version if move else (previous or None),
+            "alias": alias, "alias_moved": move, "challenger": version if challenger else None,
+            "champion": version if move else (previous or None),
             "previous_champion": previous or None, "metric": metric, "value": _number(metrics.get(metric)),
             "champion_value": champ_value, "greater_is_better": greater_is_better, "reason": reason,
             "metrics": {k: float(v) for k, v in metrics.items() if _number(v) is not None}}
@@ -185,6 +192,9 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     from ots.errors import ConfigError
 
     reg = section(doc, "register", DEFAULTS, params_path)
+    if reg["challenger"] and reg["challenger"] == reg["alias"]:
+        raise ConfigError(f"register.challenger and register.alias are both {reg['alias']!r}: the challenger moves "
+                          "on every version, the gated alias only through the gate; give them different names")
     serve = section(doc, "serve", SERVE_DEFAULTS, params_path)
     info = read_run_info(reg["run_info"])
     run_id = info.get("mlflow_run_id")
@@ -203,11 +213,15 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     result = register_version(model_info.model_uri, str(reg["model_name"]), metrics, run_id=run_id,
                               metric=str(reg["metric"]), greater_is_better=bool(reg["greater_is_better"]),
                               alias=str(reg["alias"]), floor=reg["floor"],
-                              psnr_tolerance_db=reg["psnr_tolerance_db"], floor_margin=float(reg["floor_margin"]))
+                              psnr_tolerance_db=reg["psnr_tolerance_db"], floor_margin=float(reg["floor_margin"]),
+                              challenger=reg["challenger"])
     result["checkpoint"] = str(ckpt)
     result["model_id"] = model_info.model_id
     write_text(reg["out"], json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"register: {result['model_name']} v{result['version']}: {result['reason']}")
+    name, version = result["model_name"], result["version"]
+    if result["challenger"]:
+        print(f"register: {name} v{version} is @{reg['challenger']} (serve it: models:/{name}@{reg['challenger']})")
+    print(f"register: {name} v{version} @{result['alias']}: {result['reason']}")
     return result
 
 

@@ -11,7 +11,8 @@ import os
 from ots.storage import redact_uri
 from pipelines.models import load_map, resolve_checkpoint
 from pipelines.serving_http import BoundedUpscaleServer, ServeLimits
-from pipelines.serving_pyfunc import OTSUpscaler, decode_image, log_pyfunc_model, signature
+from pipelines.serving_package import log_pyfunc_model, signature
+from pipelines.serving_pyfunc import OTSUpscaler, decode_image
 
 
 def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: ServeLimits | None = None,
@@ -63,13 +64,13 @@ def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: Se
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.serving --model models:/ots@champion [--port 5001] ...``"""
-    import argparse
     import sys
 
+    from ots.argparsing import ArgumentParser
     from ots.errors import OTSError, one_line
 
     d = ServeLimits()
-    ap = argparse.ArgumentParser(description="Serve a trained map over HTTP with bounded work and memory.")
+    ap = ArgumentParser(description="Serve a trained map over HTTP with bounded work and memory.")
     ap.add_argument("--model", required=True, help="checkpoint file, runs:/..., run id or models:/<name>@<alias>")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5001)

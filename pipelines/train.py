@@ -250,6 +250,9 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
 
     write_text(out_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     client.log_artifact(run_id, str(out_dir / "run.json"))
+    from pipelines.tracking import write_train_metrics
+
+    write_train_metrics(client, run_id, summary, train["summary"], train["curves"])
     return summary
 
 

@@ -31,6 +31,10 @@ TRAIN_DEFAULTS: dict = {
     # row, or the transport cost above `max_cost` -> stop, keep the best map
     "guard": {"patience": 3, "tolerance": 0.05, "max_cost": 1.0},
     "output_dir": "outputs/train",
+    # numbers for `dvc metrics` / `dvc plots` (git-tracked: `metrics/` in params.yaml; None = not written): the run's
+    # summary (JSON) and its validation curves (CSV: step, val SWD/PSNR and bicubic's)
+    "summary": None,
+    "curves": None,
     "mlflow": {"tracking_uri": None, "experiment": "ots"},
     "progress": True,
     "overrides": None,          # a YAML of params overrides (e.g. outputs/tune/best_params.yaml), deep-merged first

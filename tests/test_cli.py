@@ -39,3 +39,29 @@ def test_bad_bench_arguments_are_one_line_errors(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ots: error:") and message in err and "\n" not in err
+
+
+def test_help_shows_the_defaults(capsys):
+    """Issue 20.8: `--help` states each option's default, also for sub-commands of sub-commands."""
+    for argv, shown in ((["evaluate", "--help"], ["(default: outputs/evaluate)", "(default: alex)",
+                                                  "(default: 4)"]),
+                        (["bench", "gaussian", "--help"], ["(default: "])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(s in out for s in shown), (argv, out)
+        assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """Issue 20.8: `ots bench env | head` -- the reader goes away before ots writes: no BrokenPipeError
+    traceback, exit status 141 (128 + SIGPIPE) as for any producer cut off by `head`."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ots", "bench", "env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # before ots has printed anything (it imports torch first)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

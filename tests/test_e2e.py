@@ -64,7 +64,7 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
     assert "demo/manifest.json" in keys and any(k.startswith("demo/") and k.endswith(".parquet") for k in keys)
     assert any(k.startswith("ray/") and k.endswith("checkpoint.pt") for k in keys)  # checkpoints on S3
-    metrics = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     report = json.loads((repo / "outputs/evaluate/report.json").read_text())
     for method in ("bicubic", "ots", "gan"):  # the GAN baseline side by side, same budget
         m = metrics["methods"][method]
@@ -73,7 +73,17 @@ def test_dvc_repro_end_to_end_with_s3_storage_and_remote(tmp_path, s3_env, moto_
         assert report["methods"][method]["lpips"] is None
     assert {"lpips", "fid"} <= set(report["unavailable"])
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    assert "outputs/evaluate/metrics.json" in json.dumps(shown) and "unavailable" not in json.dumps(shown)
+    assert "metrics/evaluate.json" in json.dumps(shown) and "unavailable" not in json.dumps(shown)
+    # the train summaries and val curves (issue 20.3): real numbers from the runs, as DVC shows them
+    data = shown[""]["data"]
+    for f, run_json in (("metrics/train.json", "outputs/train/run.json"), ("metrics/train_gan.json",
+                                                                           "outputs/train_gan/run.json")):
+        summary = json.loads((repo / run_json).read_text())
+        assert data[f]["data"]["steps"] == 4 and data[f]["data"]["best_val_swd"] == summary["best_metric"]["value"]
+    curves = (repo / "metrics/train_val.csv").read_text().splitlines()
+    assert curves[0] == "step,val_swd,val_psnr,val_bicubic_swd,val_bicubic_psnr"
+    assert [int(r.split(",")[0]) for r in curves[1:]] == [0, 2, 4]  # step 0 and every checkpoint_every
+    assert all(r.split(",")[3] for r in curves[1:])  # bicubic's value at every step
     result = json.loads((repo / "outputs/register/result.json").read_text())
     ots, bic = metrics["methods"]["ots"], metrics["methods"]["bicubic"]
     beats_bicubic = ots["swd"] < 0.99 * bic["swd"] and ots["psnr"] >= bic["psnr"] - 0.5  # the floor + margin

@@ -164,7 +164,8 @@ class Served:
     def __init__(self, model=None, **limits):
         from mlflow.models import Model
 
-        from pipelines.serving_pyfunc import OTSUpscaler, signature
+        from pipelines.serving_package import signature
+        from pipelines.serving_pyfunc import OTSUpscaler
 
         self.upscaler = OTSUpscaler(tile=8, overlap=2, device="cpu", max_images=2, max_bytes=4096,
                                     max_pixels=64 * 64, **limits)

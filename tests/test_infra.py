@@ -16,6 +16,7 @@ import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -27,7 +28,7 @@ DISTS = {"torch": "torch", "torchvision": "torchvision", "lpips": "lpips", "pyar
          "botocore": "boto3", "onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript",
          "pytest": "pytest", "moto": "moto", "psutil": "psutil", "packaging": "pytest",
          "pytorch_fid": "pytorch-fid", "uvicorn": "uvicorn", "cv2": "opencv-python-headless",
-         "jsonschema": "jsonschema"}
+         "jsonschema": "jsonschema", "piq": "piq"}
 
 
 def _requirements(extras: tuple[str, ...] = ()) -> list[Requirement]:
@@ -80,7 +81,7 @@ def test_direct_imports_are_declared():
     code = _top_level_imports([*ROOT.glob("ots/**/*.py"), *ROOT.glob("pipelines/**/*.py")])
     tests = _top_level_imports(ROOT.glob("tests/*.py"))
     stdlib = set(sys.stdlib_module_names) | {"ots", "pipelines", "conftest", "test_serving", "test_data_hardening",
-                                             "test_infer", "__future__"}
+                                             "test_infer", "test_dvc", "test_infra", "__future__"}
     for name in sorted((code | tests) - stdlib):
         assert name in DISTS, f"{name} is imported but not mapped to a distribution in this test"
         assert DISTS[name] in declared, f"{name} ({DISTS[name]}) is imported but not declared in pyproject.toml"
@@ -103,17 +104,120 @@ def test_lock_pins_every_requirement_within_its_bounds_and_the_tested_versions()
 
 
 # -- the image ------------------------------------------------------------------------------------------------
-def test_dockerfile_builds_on_the_locked_ray_and_installs_the_lock():
-    text = (ROOT / "Dockerfile").read_text()
-    base = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\S+)-py(\d)(\d+)-gpu$", text, re.M)
-    assert base, "the image must start from rayproject/ray:<version>-py<XY>-gpu"
-    assert base.group(1) == _locked()["ray"]
-    py = f"{base.group(2)}.{base.group(3)}"
-    assert f"--python-version {py}" in (ROOT / "Makefile").read_text()  # the lock is resolved for that Python
-    assert re.search(r"pip install --no-cache-dir -r requirements\.lock", text)
-    assert re.search(r"pip install --no-cache-dir --no-deps \.", text)
+RUNTIME_LOCK = ROOT / "requirements-runtime.lock"
+TEST_TOOLS = {"pytest", "ruff", "moto", "pytorch-fid", "piq"}
+MARKER_ENV = {"python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+              "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return {canonicalize_name(m.group(1)): m.group(3) for line in path.read_text().splitlines()
+            if (m := re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^\s;]+)", line))}
+
+
+def _closure(roots: list[Requirement]) -> set[str]:
+    """Distributions that installing ``roots`` brings, from the installed metadata (markers for Linux x86_64,
+    Python 3.11; extras followed)."""
+    extras_of: dict[str, set[str]] = {}
+    todo = [(r.name, frozenset(r.extras)) for r in roots]
+    while todo:
+        name, extras = todo.pop()
+        key = canonicalize_name(name)
+        if key in extras_of and extras <= extras_of[key]:
+            continue
+        extras_of[key] = extras_of.get(key, set()) | set(extras)
+        for r in map(Requirement, metadata.requires(name) or []):
+            if r.marker is None or any(r.marker.evaluate({**MARKER_ENV, "extra": e}) for e in ["", *extras_of[key]]):
+                todo.append((r.name, frozenset(r.extras)))
+    return set(extras_of)
+
+
+def test_runtime_lock_is_the_locked_runtime_closure_without_test_tools():
+    """Issue 20.8: the image installs requirements-runtime.lock: everything the library and the pipeline extra
+    need (their whole dependency closure: it is installed with --no-deps), pinned as in requirements.lock, and
+    no test or lint tool."""
+    runtime, full = _pins(RUNTIME_LOCK), _pins(LOCK)
+    assert {k: full.get(k) for k in runtime} == runtime  # the same versions the tests ran with
+    assert set(runtime) == _closure(_requirements(("pipeline",)))
+    assert not TEST_TOOLS & set(runtime) and TEST_TOOLS <= set(full)
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"--extra pipeline \$\(LOCK_FLAGS\) -c requirements\.lock -o requirements-runtime\.lock", make)
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines, out, cur = (ROOT / "Dockerfile").read_text().splitlines(), [], ""
+    for line in lines:
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        cur += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = cur.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+            cur = ""
+    assert not cur, "a continuation line runs off the end of the Dockerfile"
+    return out
+
+
+def _args(instructions) -> dict[str, str]:
+    return {k: v.strip('"') for op, a in instructions if op == "ARG" for k, _, v in [a.partition("=")]}
+
+
+def test_dockerfile_lint_one_file_two_variants_runtime_lock_no_deps(tmp_path):
+    """The Dockerfile, checked without a Docker daemon: known instructions, Ray's CPU base at the locked version
+    (torch's wheels bring CUDA), every pip install --no-deps as in the Makefile, the runtime lock only, and the
+    dependency step run for real (pip stubbed) for VARIANT=gpu, cpu and a typo."""
+    import subprocess
+
+    ins = _dockerfile()
+    known = {"FROM", "ARG", "WORKDIR", "COPY", "RUN", "ENV", "USER", "LABEL", "EXPOSE", "ENTRYPOINT", "CMD"}
+    assert {op for op, _ in ins} <= known
+    assert ins[[op for op, _ in ins].index("FROM")][1] == "${RAY_IMAGE}"
+    args = _args(ins)
+    assert args["RAY_IMAGE"] == f"rayproject/ray:{_locked()['ray']}-py311"  # CPU base: no second CUDA runtime
+    assert "--python-version 3.11" in (ROOT / "Makefile").read_text()  # the lock is resolved for that Python
+    assert args["VARIANT"] == "gpu"
+    runs = [a for op, a in ins if op == "RUN"]
+    pip_installs = [m for r in runs for m in re.findall(r"pip install [^;&|]*", r)]
+    assert pip_installs and all("--no-deps" in p for p in pip_installs), pip_installs
+    copied = " ".join(a for op, a in ins if op == "COPY")
+    assert "requirements-runtime.lock" in copied and not re.search(r"(?<![-\w])requirements\.lock", copied)
+    assert any(re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", r) for r in runs)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".env", "data", "outputs", "mlruns", ".git"} <= set(ignored)
+    for r in runs:
+        assert subprocess.run(["bash", "-n", "-c", r]).returncode == 0, r
+
+    (deps_step,) = [r for r in runs if "requirements-runtime.lock" in r]
+    (tmp_path / "requirements-runtime.lock").write_text(RUNTIME_LOCK.read_text())
+    script = 'pip() { echo "pip $*" >> calls.log; }; python() { :; }; ' + deps_step.replace("/tmp/", f"{tmp_path}/")
+    installed = {}
+    for variant in ("gpu", "cpu", "cpu-only"):
+        (tmp_path / "calls.log").unlink(missing_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "VARIANT": variant, "CUDA_WHEELS": args["CUDA_WHEELS"],
+               "TORCH_CPU_INDEX": args["TORCH_CPU_INDEX"]}
+        proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+        if variant == "cpu-only":
+            assert proc.returncode == 2 and "VARIANT must be gpu or cpu" in proc.stderr
+            continue
+        assert proc.returncode == 0, proc.stderr
+        calls = (tmp_path / "calls.log").read_text().splitlines()
+        assert calls[-1] == f"pip install --no-cache-dir --no-deps -r {tmp_path}/requirements.txt"
+        installed[variant] = calls
+    assert len(installed["gpu"]) == 1
+    torch_v, tv_v = _locked()["torch"], _locked()["torchvision"]
+    assert installed["cpu"][0] == (f"pip install --no-cache-dir --no-deps --index-url {args['TORCH_CPU_INDEX']} "
+                                   f"torch=={torch_v}+cpu torchvision=={tv_v}+cpu")
+    # the cpu variant leaves out exactly the CUDA wheels, and nothing it keeps needs one of them but torch's own
+    runtime = _pins(RUNTIME_LOCK)
+    dropped = {n for n in runtime if re.match(args["CUDA_WHEELS"], f"{n}==")}
+    assert {"torch", "torchvision", "triton"} <= dropped and {n for n in dropped if n.startswith("nvidia-")}
+    assert all(n in ("torch", "torchvision", "triton") or n.startswith(("nvidia-", "cuda-")) for n in dropped)
+    for name in set(runtime) - dropped:
+        needs = {canonicalize_name(r.name) for r in map(Requirement, metadata.requires(name) or [])
+                 if r.marker is None}
+        assert needs & dropped <= {"torch", "torchvision"}, (name, needs & dropped)
 
 
 def _image() -> str:
@@ -180,6 +284,27 @@ def check_fields(obj, schema, path: str) -> list[str]:
         return [e for i, v in enumerate(obj) for e in check_fields(v, schema[0], f"{path}[{i}]")]
     want = TYPES.get(schema)
     return [f"{path}: {obj!r} is not {schema}"] if want and not isinstance(obj, want) else []
+
+
+MIN_KUBERAY = {"backoffLimit": (1, 2)}  # RayJob fields -> the first KubeRay operator release that has them
+
+
+def test_kuberay_autoscaling_bounds_and_version_header():
+    """Issue 20.8: min/max replicas only act with the in-tree autoscaler; the header's KubeRay version covers the
+    fields used (RayJob.backoffLimit: >= 1.2)."""
+    for f in ("kuberay-raycluster.yaml", "kuberay-rayjob.yaml"):
+        text = (ROOT / "infra" / f).read_text()
+        (doc,) = [d for d in yaml.safe_load_all(text) if d]
+        spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+        for group in spec["workerGroupSpecs"]:
+            bounds = {k: group[k] for k in ("minReplicas", "maxReplicas") if k in group}
+            if bounds:
+                assert spec.get("enableInTreeAutoscaling") is True, f"{f}: {bounds} do nothing without autoscaling"
+                assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"], f
+        header = re.search(r"KubeRay operator >= (\d+)\.(\d+)", text.split("apiVersion")[0])
+        assert header, f"{f}: the header names no KubeRay operator version"
+        need = max([v for k, v in MIN_KUBERAY.items() if k in doc["spec"]] or [(1, 0)])
+        assert (int(header.group(1)), int(header.group(2))) >= need, (f, need)
 
 
 def test_kuberay_manifests_use_crd_fields():

@@ -1,4 +1,5 @@
-"""Metrics: PSNR/SSIM vs scikit-image on real images, FID/LPIPS maths with random backbones, SWD behaviour."""
+"""Metrics: PSNR/SSIM vs scikit-image and piq (BasicSR's SSIM) on real images, FID/LPIPS maths with random
+backbones, SWD behaviour."""
 
 from __future__ import annotations
 
@@ -67,14 +68,39 @@ def test_psnr_y_channel_and_shave_match_skimage(pairs):
     assert psnr(hr, hr) == float("inf")
 
 
-def test_ssim_matches_skimage_on_real_images(pairs):
+def _skimage_basicsr_ssim(a, b, **kw):
+    """skimage with BasicSR's settings (team notes, shared README section 8)."""
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                 data_range=255, **kw)
+
+
+def test_ssim_is_basicsr_s_and_matches_piq_and_skimage_on_real_images(pairs):
+    """Issue 20.2: SSIM as papers report it (BasicSR: 11x11 Gaussian, sigma 1.5), checked against piq (an
+    independent implementation) and skimage's BasicSR settings to 1e-4 -- RGB, Y channel, crop_border."""
+    piq = pytest.importorskip("piq")
+
+    def piq_ssim(a, b):
+        t = lambda im: torch.from_numpy(np.atleast_3d(im).astype(np.float64)).permute(2, 0, 1)[None]  # noqa: E731
+        return float(piq.ssim(t(a), t(b), data_range=255.0, downsample=False))
+
     for hr, sr in pairs:
-        ref = structural_similarity(hr, sr, channel_axis=-1, data_range=255)
-        assert ssim(sr, hr) == pytest.approx(ref, abs=1e-4)
+        hr, sr = hr[96:256, 128:288], sr[96:256, 128:288]  # float64 convolutions are slow: a 160-px crop
+        assert ssim(sr, hr) == pytest.approx(piq_ssim(sr, hr), abs=1e-4)
+        assert ssim(sr, hr) == pytest.approx(_skimage_basicsr_ssim(hr, sr, channel_axis=-1), abs=1e-4)
         assert ssim(hr, hr) == pytest.approx(1.0, abs=1e-12)
+        # skimage's default (7x7 uniform window, the old `ots` number) is a different metric
+        assert abs(ssim(sr, hr) - structural_similarity(hr, sr, channel_axis=-1, data_range=255)) > 1e-3
+    hr, sr = pairs[1][0][:96, :128], pairs[1][1][:96, :128]
+    s = 4
+    y_hr, y_sr = rgb2ycbcr(hr)[..., 0], rgb2ycbcr(sr)[..., 0]  # BT.601 Y in [16, 235], BasicSR's test_y_channel
+    ref = piq_ssim(y_sr[s:-s, s:-s], y_hr[s:-s, s:-s])
+    assert ssim(sr, hr, y_channel=True, shave=s) == pytest.approx(ref, abs=1e-4)
+    assert ssim(sr, hr, shave=s) == pytest.approx(piq_ssim(sr[s:-s, s:-s], hr[s:-s, s:-s]), abs=1e-4)
     cam = skdata.camera()
     cam_n = _noisy(cam[:, :, None], 20)[:, :, 0]
-    assert ssim(cam_n, cam) == pytest.approx(structural_similarity(cam, cam_n, data_range=255), abs=1e-4)
+    assert ssim(cam_n, cam) == pytest.approx(_skimage_basicsr_ssim(cam, cam_n), abs=1e-4)  # grayscale
+    with pytest.raises(ConfigError, match="at least 11x11"):
+        ssim(cam[:10, :10], cam[:10, :10])
 
 
 def test_batched_tensor_metrics_equal_per_image_numpy(pairs):

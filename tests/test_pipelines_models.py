@@ -18,7 +18,7 @@ def registry(tmp_path, monkeypatch):
     """A local sqlite tracking server holding a registered map with alias `champion`."""
     from test_serving import make_checkpoint
 
-    from pipelines.serving_pyfunc import log_pyfunc_model
+    from pipelines.serving_package import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -63,10 +63,28 @@ def test_fetch_errors_are_one_line_and_write_nothing(registry, tmp_path, capsys)
     out = tmp_path / "never.pt"
     assert models.main(["fetch", "models:/ots-test@nope", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("models: error: cannot fetch models:/ots-test@nope") and err.count("\n") == 1
+    assert err.startswith("models: error: models:/ots-test@nope: registered model 'ots-test' has no alias 'nope'; "
+                          "its aliases: @champion -> v1") and err.count("\n") == 1
     assert models.main(["fetch", "not-a-model", "-o", str(out)]) == 2
     assert "neither a checkpoint file nor" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".never*"))
+
+
+def test_fetch_of_a_missing_alias_says_so_and_lists_the_aliases(registry, tmp_path, capsys):
+    """Issue 20.1: after `make demo` there may be no champion; the error says which aliases exist."""
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("ots-test", "challenger", registry["version"])
+    client.delete_registered_model_alias("ots-test", "champion")
+    out = tmp_path / "fetched.pt"
+    assert models.main(["fetch", "models:/ots-test@champion", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists()
+    assert err.startswith("models: error: models:/ots-test@champion: registered model 'ots-test' has no alias "
+                          "'champion'") and "serve models:/ots-test@challenger" in err
+    assert err.rstrip().endswith(f"its aliases: @challenger -> v{registry['version']}")
+    assert models.main(["fetch", "models:/ots-test@challenger", "-o", str(out)]) == 0 and out.is_file()
+    assert models.main(["fetch", "models:/no-such-model@champion", "-o", str(out)]) == 2
+    assert "cannot fetch models:/no-such-model@champion" in capsys.readouterr().err
 
 
 def test_the_library_refuses_registry_uris_and_names_the_command(tmp_path, capsys):

@@ -111,6 +111,8 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
     assert v1.tags["metric.val_bicubic_psnr"] == "19.0" and "no champion yet" in v1.description
     assert v1.run_id == run.info.run_id
     assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert client.get_model_version_by_alias(name, "challenger").version == "1" and res["challenger"] == "1"
+    assert f"v1 is @challenger (serve it: models:/{name}@challenger)" in proc.stdout
     model_uri = res["model_uri"]
 
     def champion():
@@ -128,6 +130,7 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
                                       greater_is_better=True, floor=None)
         assert r["version"] == str(i) and r["alias_moved"] is moves and words in r["reason"], r
         assert champion() == expected
+        assert client.get_model_version_by_alias(name, "challenger").version == str(i)  # always the newest
         mv = client.get_model_version(name, str(i))
         assert mv.tags["champion.decision"] == ("promoted" if moves else "kept")
         assert mv.tags["champion.reason"] == r["reason"] and words in mv.description
@@ -147,6 +150,9 @@ def test_register_stage_and_champion_gate(tracking, tmp_path, monkeypatch):
     assert mv.tags["champion.decision"] == "kept" and "bicubic is the floor" in mv.description
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(f"{name}-floor", "champion")
+    # ... yet the demo leaves something to serve: the challenger (issue 20.1)
+    assert r["challenger"] == r["version"]
+    assert client.get_model_version_by_alias(f"{name}-floor", "challenger").version == r["version"]
 
 
 def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -158,6 +164,9 @@ def test_register_stage_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert register.main(["--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("register: error:") and "run.json not found" in err and len(err.splitlines()) == 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"register": {"challenger": "champion"}}))
+    assert register.main(["--params", "params.yaml"]) == 2
+    assert "register.challenger and register.alias are both 'champion'" in capsys.readouterr().err
 
 
 def test_run_record_reads_what_train_and_evaluate_wrote(tmp_path, monkeypatch):

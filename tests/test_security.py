@@ -90,7 +90,7 @@ def test_dvcignore_lists_env(tmp_path):
 
 
 def test_mlflow_model_code_copy_skips_env():
-    src = (REPO / "pipelines" / "serving_pyfunc.py").read_text()
+    src = (REPO / "pipelines" / "serving_package.py").read_text()
     assert '".env", ".env.*"' in src  # the copytree ignore list of log_pyfunc_model
 
 

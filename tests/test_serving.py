@@ -77,6 +77,26 @@ def direct_model(checkpoint):
 # --------------------------------------------------------------------------------------------- in-process
 
 
+def test_served_model_requirements_cover_every_package_its_code_imports():
+    """Issue 20.4: the logged model's pip requirements (what `mlflow models build-docker` and `--env-manager
+    virtualenv` install) bring every third-party package the served code imports, lazy imports included (the
+    16-bit PNG decoder's torchvision was missing)."""
+    from packaging.requirements import Requirement
+    from test_dvc import ROOT, import_closure
+    from test_infra import _closure, _top_level_imports
+
+    from pipelines.serving_package import pip_requirements
+
+    dists = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image"}
+    s3_only = {"boto3", "botocore"}  # ots.storage imports them for s3:// checkpoints; the model's is a local file
+    imported = _top_level_imports(ROOT / f for f in import_closure("pipelines.serving_model"))
+    imported -= set(sys.stdlib_module_names) | {"ots", "pipelines", "__future__"} | s3_only
+    assert "torchvision" in imported  # the scan sees the lazy import in ots.imageio
+    brought = _closure([Requirement(r) for r in pip_requirements()])
+    missing = sorted(dists.get(n, n) for n in imported if dists.get(n, n) not in brought)
+    assert not missing, f"the served model imports {missing} but its requirements do not bring them"
+
+
 def test_decode_image_validation():
     png = encode_png(astronaut())
     assert serving.decode_image(png).shape == (24, 20, 3)
@@ -204,6 +224,11 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     mv = mlflow.register_model(info.model_uri, name)
     client.set_registered_model_alias(name, "champion", mv.version)
     uri = f"models:/{name}@champion"
+    # issue 20.4: the image `mlflow models build-docker` bakes installs these; 16-bit RGB PNGs need torchvision
+    import torchvision
+
+    logged_reqs = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    assert f"torchvision=={torchvision.__version__.split('+')[0]}" in logged_reqs, logged_reqs
 
     # the pipelines' loader (registry alias, run id), then `ots upscale` on the file `pipelines.models fetch` wrote
     x = torch.rand(1, 3, 8, 8) * 2 - 1

@@ -166,7 +166,8 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
     monkeypatch.setenv(train.TEST_HOOKS["inject_failure_at_step"], "5")
     # credentials in the tracking URI (the server ignores them) must never be printed or stored
     with_password = mlflow_server.replace("http://", "http://ots-user:s3cr3t-pw@")
-    params = make_params(tmp_path, tiny_dataset, with_password, steps=8)
+    params = make_params(tmp_path, tiny_dataset, with_password, steps=8, summary=str(tmp_path / "m" / "train.json"),
+                         curves=str(tmp_path / "m" / "train_val.csv"))
     assert train.main(["--params", write(tmp_path, params)]) == 0
     summary = json.loads((tmp_path / "out" / "run.json").read_text())
     assert summary["steps"] == 8 and summary["resumed_from"] == 4  # resumed from the step-4 checkpoint, not 0
@@ -199,6 +200,17 @@ def test_fault_tolerant_resume_into_the_same_mlflow_run(tmp_path, tiny_dataset, 
     for metric in ("val_psnr", "val_swd", "val_bicubic_swd", "val_bicubic_psnr"):  # curves from step 0
         assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [0, 2, 4, 6, 8]
     assert len({m.value for m in client.get_metric_history(run.info.run_id, "val_bicubic_swd")}) == 1
+    # the same curves and the summary as files for `dvc plots` / `dvc metrics` (issue 20.3), one row per step
+    curves = (tmp_path / "m" / "train_val.csv").read_text().splitlines()
+    assert curves[0] == "step,val_swd,val_psnr,val_bicubic_swd,val_bicubic_psnr"
+    rows = {int(r.split(",")[0]): [float(v) for v in r.split(",")[1:]] for r in curves[1:]}
+    assert sorted(rows) == [0, 2, 4, 6, 8] and len(curves) == 6
+    last_swd = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "val_swd"),
+                                                   key=lambda m: m.timestamp)}
+    assert all(rows[s][0] == pytest.approx(last_swd[s], rel=1e-5) for s in rows)
+    numbers = json.loads((tmp_path / "m" / "train.json").read_text())
+    assert numbers["steps"] == 8 and numbers["best_val_swd"] == summary["best_metric"]["value"]
+    assert numbers["best_step"] == summary["best_metric"]["step"] and "loss_map" in numbers
     best = load_checkpoint(summary["best_checkpoint"])  # selected by val SWD, not by PSNR and not the last
     swd = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_swd")}
     assert summary["best_metric"]["name"] == "val_swd" and best["step"] == min(swd, key=swd.get)

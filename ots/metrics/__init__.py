@@ -75,10 +75,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """All metrics for paired lists of (3, H, W) images in [0, 1] (SR outputs and their HR references).
 
-    PSNR on [0, 1] RGB, SSIM on uint8-quantised RGB, LPIPS on [-1, 1], FID on random ``fid_crop`` crops, SWD of
-    SR vs HR (colour-aware: standardised by HR's statistics), ``color``: per-channel mean/std distance to HR.
-    ``crop_border``/``y_channel``: PSNR and SSIM with that many border px shaved and on the BT.601 Y
-    channel (the protocol BasicSR reports); the defaults keep the team's RGB protocol.
+    PSNR on [0, 1] RGB, SSIM (BasicSR's: 11x11 Gaussian, sigma 1.5) on uint8-quantised RGB, LPIPS on [-1, 1],
+    FID on random ``fid_crop`` crops, SWD of SR vs HR (colour-aware: standardised by HR's statistics), ``color``:
+    per-channel mean/std distance to HR. ``crop_border``/``y_channel``: PSNR and SSIM with that many border px
+    shaved and on the BT.601 Y channel (BasicSR's options); the defaults: RGB, no shave.
     Pass models from :func:`load_optional` (``None`` = unavailable, its reason in ``unavailable``).
     Returns floats, ``None`` for unavailable metrics, and ``"unavailable": {metric: reason}``.
     """

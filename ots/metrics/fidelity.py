@@ -1,8 +1,12 @@
-"""Paired fidelity metrics: PSNR and SSIM, numerically compatible with scikit-image.
+"""Paired fidelity metrics: PSNR and SSIM as BasicSR (``basicsr/metrics/psnr_ssim.py``) and the papers report them.
 
 Images are numpy arrays (H, W) or (H, W, C) -- uint8, uint16 or float in [0, 1] -- or torch tensors
-(..., C, H, W) in [0, 1]. Protocol (team notes): PSNR on RGB in [0, 1] without border shave; SSIM on uint8 RGB
-with skimage's defaults (7x7 uniform window, sample covariance, K1=0.01, K2=0.03), mean over channels.
+(..., C, H, W) in [0, 1]. PSNR: on RGB in [0, 1] without border shave by default. SSIM (Wang et al. 2004, as
+BasicSR computes it): 11x11 Gaussian window with sigma 1.5, population (co)variances, K1=0.01, K2=0.03, the
+valid region only, per channel then averaged; on uint8 images that is skimage's
+``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)``, not
+skimage's default 7x7 uniform window (which gives different numbers). Both keep BasicSR's options: the BT.601 Y
+channel (``test_y_channel``) and ``crop_border`` (``shave``).
 """
 
 from __future__ import annotations
@@ -85,34 +89,49 @@ def psnr(a, b, *, shave: int = 0, y_channel: bool = False) -> float:
     return float(psnr_batch(a, b, shave=shave, y_channel=y_channel).mean())
 
 
-def ssim_batch(a, b, *, shave: int = 0, y_channel: bool = False, win_size: int = 7) -> torch.Tensor:
-    """Per-image SSIM (B,), skimage ``structural_similarity(channel_axis=-1)`` defaults.
+SSIM_WINDOW = 11   # BasicSR / Wang et al. 2004: an 11x11 Gaussian window ...
+SSIM_SIGMA = 1.5   # ... with sigma 1.5 (cv2.getGaussianKernel(11, 1.5))
+
+
+def _gaussian_window(dtype: torch.dtype) -> torch.Tensor:
+    """The normalised 1-D Gaussian (cv2.getGaussianKernel(SSIM_WINDOW, SSIM_SIGMA)); the 2-D window is its outer
+    product, applied separably."""
+    r = torch.arange(SSIM_WINDOW, dtype=dtype) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-(r * r) / (2 * SSIM_SIGMA**2))
+    return g / g.sum()
+
+
+def ssim_batch(a, b, *, shave: int = 0, y_channel: bool = False) -> torch.Tensor:
+    """Per-image SSIM (B,), BasicSR's ``calculate_ssim`` (see the module docstring).
 
     data_range is the dtype range (255 for uint8, 65535 for uint16, 1 for floats/tensors) -- SSIM is invariant to
     a common rescaling of the images and the constants, so uint8 x/255 with range 1 equals x with range 255.
     """
     x, y, rng = _prepare(a, b, shave, y_channel, unit=False)
-    if min(x.shape[-2:]) < win_size:
-        raise ConfigError(f"SSIM needs images of at least {win_size}x{win_size}, got {tuple(x.shape[-2:])}")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ConfigError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(x.shape[-2:])}")
     B, C = x.shape[:2]
     x = x.reshape(B * C, 1, *x.shape[-2:])
     y = y.reshape(B * C, 1, *y.shape[-2:])
-    # skimage filters with 'reflect' then crops (win_size-1)//2 px per border: exactly the valid region.
-    pool = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
-    n = win_size * win_size
-    cov_norm = n / (n - 1.0)
-    ux, uy = pool(x), pool(y)
-    vx = cov_norm * (pool(x * x) - ux * ux)
-    vy = cov_norm * (pool(y * y) - uy * uy)
-    vxy = cov_norm * (pool(x * y) - ux * uy)
+    g = _gaussian_window(x.dtype)
+    gh, gw = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # valid region only (BasicSR crops 5 px per border after filter2D)
+        return F.conv2d(F.conv2d(t, gh), gw)
+
+    ux, uy = blur(x), blur(y)
+    vx = blur(x * x) - ux * ux
+    vy = blur(y * y) - uy * uy
+    vxy = blur(x * y) - ux * uy
     c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1).view(B, C).mean(1)
 
 
-def ssim(a, b, *, shave: int = 0, y_channel: bool = False, win_size: int = 7) -> float:
-    """SSIM of one image pair; for uint8 RGB == skimage structural_similarity(a, b, channel_axis=-1)."""
-    return float(ssim_batch(a, b, shave=shave, y_channel=y_channel, win_size=win_size).mean())
+def ssim(a, b, *, shave: int = 0, y_channel: bool = False) -> float:
+    """SSIM of one image pair; for uint8 RGB == BasicSR's calculate_ssim(a, b, crop_border=shave,
+    test_y_channel=y_channel)."""
+    return float(ssim_batch(a, b, shave=shave, y_channel=y_channel).mean())
 
 
 def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
