@@ -87,7 +87,7 @@ def test_served_model_requirements_cover_every_package_its_code_imports():
 
     from pipelines.serving_package import pip_requirements
 
-    dists = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image"}
+    dists = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "cv2": "opencv-python-headless"}
     s3_only = {"boto3", "botocore"}  # ots.storage imports them for s3:// checkpoints; the model's is a local file
     imported = _top_level_imports(ROOT / f for f in import_closure("pipelines.serving_model"))
     imported -= set(sys.stdlib_module_names) | {"ots", "pipelines", "__future__"} | s3_only
