@@ -127,7 +127,7 @@ def plot_curves(path: str | Path, curves: dict[str, dict], title: str = "") -> N
 
 def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, time_budget: float = 0.0,
         eval_every: int | None = None, device: str = "auto", seed: int | None = None, progress: bool = True,
-        max_val_images: int = 0) -> dict:
+        max_val_images: int = 0, val_patches: int | None = None) -> dict:
     """Train from ``params`` (``model``, ``solver``, ``train`` sections) for ``steps`` potential steps or until
     ``time_budget`` seconds have passed; returns (and writes) the curve."""
     from ots.build import build_solver
@@ -155,7 +155,7 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
         return next_batch
 
     next_lr, next_hr = stream("lr", lr), stream("hr", hr)
-    val = Validation(dataset, scale, dev, max_images=max_val_images, seed=seed)
+    val = Validation(dataset, scale, dev, max_images=max_val_images, seed=seed, patches=val_patches)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curve = {"params": params, "dataset": dataset, "seed": seed, "device": str(dev), "bicubic": val.bicubic,

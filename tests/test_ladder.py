@@ -149,7 +149,7 @@ def test_bench_ladder_writes_the_json_figure_and_grids(ladder_inputs, capsys):
     out = ladder_inputs / "bench" / "ladder.json"
     argv = ["bench", "ladder", "--photos", str(ladder_inputs / "photos"), "--rungs", "cast", "--steps", "2",
             "--params", str(ladder_inputs / "tiny.yaml"), "--work", str(ladder_inputs / "work"), "--out", str(out),
-            "--max-side", "256", "--val-crop", "128", "--cell", "128", "--eval-every", "2"]
+            "--max-side", "256", "--val-crop", "128", "--cell", "128", "--eval-every", "2", "--val-patches", "64"]
     assert main(argv) == 0
     got = json.loads(out.read_text())
     assert got["steps"] == 2 and got["seeds"] == [0] and got["photos"] == str(ladder_inputs / "photos")

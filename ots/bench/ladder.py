@@ -49,6 +49,7 @@ class LadderJob:
     params: dict = field(hash=False)
     steps: int = 300
     eval_every: int = 0
+    val_patches: int | None = None  # SWD patches per val image and level (None: the evaluation default)
 
 
 def method_params(params: dict, method: str) -> dict:
@@ -123,9 +124,9 @@ def run_job(job: LadderJob) -> dict:
     torch.set_num_threads(1)
     params = method_params(job.params, job.method)
     curve = fit(params, job.dataset, job.out, steps=job.steps, eval_every=job.eval_every or max(1, job.steps // 4),
-                seed=job.seed, progress=False)
+                seed=job.seed, progress=False, val_patches=job.val_patches)
     dev = torch.device(curve["device"])
-    val = Validation(job.dataset, int(params["model"]["map"].get("scale", 4)), dev, seed=0)
+    val = Validation(job.dataset, int(params["model"]["map"].get("scale", 4)), dev, seed=0, patches=job.val_patches)
     scores = score_map(load_map(Path(job.out) / "final.pt", dev), val)
     return {"rung": job.rung, "method": job.method, "seed": job.seed, "out": job.out, "wall_s": curve["wall_s"],
             **scores, "curve": [{k: r[k] for k in r if k in ("step", "swd", "psnr", "ema_swd", "ema_psnr")}

@@ -28,6 +28,8 @@ def add_bench_command(bench_sub) -> None:
     p.add_argument("--steps", type=int, default=300, help="potential steps per run (k_T map steps each)")
     p.add_argument("--eval-every", type=int, default=0, help="validation curve period (0: steps / 4)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (one CPU thread each)")
+    p.add_argument("--val-patches", type=int, default=None,
+                   help="SWD patches per val image and level (default: the evaluation's, 1024)")
     p.add_argument("--params", default="params.yaml", help="the recipe: model, solver, train and baseline sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set solver.k_T=3 (YAML value)")
@@ -75,7 +77,8 @@ def _photos(path: str) -> str:
 
 
 def _job_key(job: LadderJob) -> str:
-    blob = json.dumps([job.rung, job.method, job.seed, job.steps, job.dataset, job.params], sort_keys=True)
+    what = [job.rung, job.method, job.seed, job.steps, job.dataset, job.params]
+    blob = json.dumps(what + ([job.val_patches] if job.val_patches else []), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -119,13 +122,13 @@ def _bench(args) -> int:
     # Run folders are named by what decides the run (recipe, steps), so several recipes share one work folder.
     tag = hashlib.sha256(json.dumps([params, args.steps], sort_keys=True).encode()).hexdigest()[:8]
     jobs = [LadderJob(r, m, s, data[r].dataset, str(Path(args.work) / r / f"{m}-seed{s}-{tag}"), params, args.steps,
-                      args.eval_every) for r in rungs for m in methods for s in seeds]
+                      args.eval_every, args.val_patches) for r in rungs for m in methods for s in seeds]
     runs = _run_all(jobs, args.jobs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out: dict = {"photos": photos, "steps": args.steps, "seeds": seeds, "device": device_name(torch.device("cpu")),
                  "recipe": {k: params.get(k) for k in ("model", "solver", "train", "baseline")}, "rungs": {}}
     for r in rungs:
-        val = Validation(data[r].dataset, scale, torch.device("cpu"), seed=0)
+        val = Validation(data[r].dataset, scale, torch.device("cpu"), seed=0, patches=args.val_patches)
         out["rungs"][r] = summarise(r, reference_scores(data[r], val), [x for x in runs if x["rung"] == r])
         out["rungs"][r]["curves"] = {f"{x['method']}-seed{x['seed']}": x["curve"] for x in runs if x["rung"] == r}
         _rung_grid(Path(args.out).with_name(f"{Path(args.out).stem}_{r}.png"), data[r], val, jobs, seeds[0])
