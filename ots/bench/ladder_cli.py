@@ -17,8 +17,7 @@ DEFAULT_PHOTOS = "data/photos"  # what `make photoset` (`ots data photos --out d
 
 def add_bench_command(bench_sub) -> None:
     p = bench_sub.add_parser("ladder", help="known-answer degradations on real photos: OTS vs GAN vs bicubic vs "
-                                            "oracle, gap closed per rung (JSON, figure, grids)",
-                             formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
+                                            "oracle, gap closed per rung (JSON, figure, grids)")
     p.add_argument("--photos", default=DEFAULT_PHOTOS,
                    help="folder of photos (gathered from packages by `ots data photos` when it is the default and "
                         "missing)")
