@@ -17,7 +17,7 @@ from ots.errors import ConfigError
 
 def baseline_params(doc: dict) -> dict:
     """params with the ``baseline`` section merged over it (the section itself removed)."""
-    from pipelines.train_config import deep_merge
+    from pipelines.params import deep_merge
 
     over = doc.get("baseline")
     if not isinstance(over, dict) or not over:

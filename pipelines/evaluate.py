@@ -20,9 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines.common import section, stage_main
 from pipelines.models import load_map
+from pipelines.params import section
 from pipelines.run_record import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
+from pipelines.stage import stage_main
 
 DEFAULTS = {
     "run_info": "outputs/train/run.json",

@@ -3,7 +3,7 @@
 Known keys and types come from the defaults that already exist -- each stage's ``DEFAULTS``, the config
 dataclasses, the model constructors -- and are handed in by the code that owns them: this module imports no stage
 (a DVC stage depends only on the code it runs). :func:`check_sections` checks the top-level names for every stage
-(``pipelines.common.load_params``); :func:`check_keys` checks one section against its defaults. A wrong key or
+(``pipelines.params.load_params``); :func:`check_keys` checks one section against its defaults. A wrong key or
 type is one :class:`ots.errors.ConfigError` line naming the key and the nearest valid one.
 """
 

@@ -56,7 +56,8 @@ def run(params: dict, progress: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.common import section, stage_main
+    from pipelines.params import section
+    from pipelines.stage import stage_main
 
     return stage_main("prepare", __doc__, lambda doc, path: run(section(doc, "data", DEFAULTS, path)), argv)
 

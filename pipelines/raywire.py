@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from ots.errors import NonFiniteLossError, OTSError, StorageError
 
@@ -135,3 +137,28 @@ def cause_of(e: BaseException) -> BaseException | None:
         todo += [getattr(x, "controller_failure", None), getattr(x, "_base_exc", None), getattr(x, "cause", None),
                  x.__cause__, x.__context__]
     return None
+
+
+def ray_storage(path: str) -> tuple[str, Any, str]:
+    """Where Ray Train/Tune keep a run: ``(storage_path, storage_filesystem, uri)`` for ``RunConfig``.
+
+    A local folder (or ``file://``) is made absolute and created (filesystem None: Ray's local default); an
+    ``s3://bucket/prefix`` goes through ``ots.storage`` (endpoint and credentials from the environment, bucket
+    created when missing) and gives ``bucket/prefix`` on that filesystem, never a local ``s3:/`` folder. The
+    filesystem carries no keys unless the user gave them (role credentials refresh on every node) and retries
+    each call ``LONG_RUN_ATTEMPTS`` times.
+    """
+    from ots.storage import LONG_RUN_ATTEMPTS, open_store
+
+    path = str(path)
+    if "://" not in path or path.startswith("file://"):
+        local = str(Path(path.removeprefix("file://")).expanduser().resolve())
+        try:
+            Path(local).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from ots.errors import one_line
+
+            raise StorageError(f"checkpoint storage {local} is not writable: {one_line(e, 200)}") from e
+        return local, None, local
+    store = open_store(path, create=True, attempts=LONG_RUN_ATTEMPTS)  # checked once now; checkpoint I/O retries
+    return store.full(), store.fs, store.uri

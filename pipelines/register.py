@@ -25,8 +25,9 @@ from typing import Any
 
 from ots.atomic import write_text
 from ots.errors import one_line
-from pipelines.common import section, stage_main
+from pipelines.params import section
 from pipelines.run_record import read_metrics, read_run_info, selected_checkpoint, tracking_uri
+from pipelines.stage import stage_main
 
 DEFAULTS = {
     "model_name": "ots-sr",

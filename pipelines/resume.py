@@ -60,7 +60,7 @@ def config_hash(params: dict) -> str:
 
 def config_diff(old_params: dict[str, str], params: dict) -> list[str]:
     """``key: old -> new`` for the hashed keys whose logged MLflow param differs from ``params``."""
-    from pipelines.common import flatten
+    from pipelines.mlflow_access import flatten
 
     def hashed(key: str) -> bool:
         root, _, rest = key.partition(".")

@@ -39,7 +39,7 @@ def selected_checkpoint(info: dict) -> str:
 
 def tracking_uri(doc: dict, run_info: dict) -> str:
     """$MLFLOW_TRACKING_URI > run.json's tracking_uri > params ``train.mlflow.tracking_uri`` > the default."""
-    from pipelines.common import resolve_tracking_uri
+    from pipelines.mlflow_access import resolve_tracking_uri
 
     recorded = str(run_info.get("tracking_uri") or "")
     if "***" in recorded:  # a redacted URI cannot connect

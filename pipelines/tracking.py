@@ -33,7 +33,7 @@ class Tracker:
 
         from ots.data import CropStream
         from ots.fit import Validation
-        from pipelines.common import no_credential_links
+        from pipelines.mlflow_access import no_credential_links
 
         self.w, train = worker, worker.train
         no_credential_links(worker.config["tracking_uri"])

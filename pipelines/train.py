@@ -54,8 +54,8 @@ def run(params: dict, fresh: bool = False) -> dict:
     from ots.data import open_dataset
     from ots.storage import redact_uri
     from pipelines import resume
-    from pipelines.common import get_or_create_experiment, mlflow_client, ray_storage, resolve_tracking_uri
-    from pipelines.raywire import probe_storage
+    from pipelines.mlflow_access import get_or_create_experiment, mlflow_client, resolve_tracking_uri
+    from pipelines.raywire import probe_storage, ray_storage
 
     params = resolve(params)
     train = params["train"]
@@ -102,7 +102,7 @@ def run(params: dict, fresh: bool = False) -> dict:
 def _open_run(client, exp_id: str, params: dict, plan, chash: str, storage_path: str, storage_uri: str,
               dataset) -> tuple[str, str]:
     """The MLflow run and Ray run name this invocation writes to: the planned one, or a new one (tagged)."""
-    from pipelines.common import log_params
+    from pipelines.mlflow_access import log_params
 
     train = params["train"]
     if plan.run_id:  # resume: same MLflow run, same Ray name (Ray restores the latest checkpoint in its folder)

@@ -54,7 +54,7 @@ def resolve(params: dict) -> dict:
     if not isinstance(train, dict):
         raise ConfigError("train section must be a mapping")
     if train.get("overrides"):  # e.g. the tune stage's best_params.yaml: deep-merged over params
-        from pipelines.common import load_params
+        from pipelines.params import deep_merge, load_params
 
         params = deep_merge(params, load_params(train["overrides"]))
         train = params["train"]
@@ -120,13 +120,6 @@ def solver_config(solver: dict):
     from ots.solver_config import SolverConfig
 
     return SolverConfig.from_dict({**solver, "check_every": 0})
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def abs_local(path: str) -> str:

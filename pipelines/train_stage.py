@@ -26,7 +26,7 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     128 + the signal (143; Ctrl-C: 130). ``run(params, fresh)`` trains here (:func:`pipelines.train.run`)."""
     import sys
 
-    from pipelines.common import stage_main
+    from pipelines.stage import stage_main
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")

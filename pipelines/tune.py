@@ -58,7 +58,7 @@ def _metric(tune: TuneConfig) -> tuple[str, str | None]:
 
 def _start_parent(client, exp_id: str, tune: TuneConfig, base: dict, metric: str, note: str | None):
     """The parent MLflow run of the search, with the search's settings as params."""
-    from pipelines.common import flatten, log_params
+    from pipelines.mlflow_access import flatten, log_params
 
     name = f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
     parent_id = client.create_run(exp_id, run_name=name, tags={"ots.stage": "tune", "ots.metric": metric}).info.run_id
@@ -79,8 +79,8 @@ def run(params: dict) -> dict:
 
     from ots.data import open_dataset
     from ots.storage import parse_uri, redact_uri
-    from pipelines.common import get_or_create_experiment, mlflow_client, ray_storage, resolve_tracking_uri
-    from pipelines.raywire import init_ray
+    from pipelines.mlflow_access import get_or_create_experiment, mlflow_client, resolve_tracking_uri
+    from pipelines.raywire import init_ray, ray_storage
     from pipelines.tune_report import MLflowChildren, error_line, record_best, trial_summary, write_outputs
     from pipelines.tune_trial import TrialContext, run_trial
 
@@ -155,7 +155,7 @@ def run(params: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.common import stage_main
+    from pipelines.stage import stage_main
 
     def report(summary: dict) -> None:
         print(json.dumps({"best": summary["best"]["config"], summary["metric"]: summary["best"]["value"],

@@ -304,14 +304,15 @@ def test_hostile_input_is_one_line_and_writes_nothing(door, case, expected, tmp_
 
 def test_repo_params_files_pass_the_schema():
     """params.yaml and the shipped profiles are what the schema must accept."""
-    from pipelines import baseline, common, evaluate, prepare, register, train_config
+    from pipelines import baseline, evaluate, prepare, register, train_config
+    from pipelines import params as params_file
 
     root = Path(__file__).resolve().parents[1]
     for name in ("params.yaml", "configs/cpu-small.yaml", "infra/params.cluster.yaml", "configs/train_overrides.yaml"):
-        doc = common.load_params(root / name)
+        doc = params_file.load_params(root / name)
         for section, defaults in (("data", prepare.DEFAULTS), ("evaluate", evaluate.DEFAULTS),
                                   ("register", register.DEFAULTS), ("serve", register.SERVE_DEFAULTS)):
-            common.section(doc, section, defaults, name)
+            params_file.section(doc, section, defaults, name)
         if "model" in doc:
             train_config.check_params(doc)
         if "baseline" in doc:

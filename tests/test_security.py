@@ -114,7 +114,7 @@ def test_redact_uri(uri, expect):
 
 
 def test_flatten_redacts_uri_values():
-    from pipelines.common import flatten
+    from pipelines.mlflow_access import flatten
 
     flat = flatten({"train": {"mlflow": {"tracking_uri": "https://u:hunter2@h/"}, "aws_secret": "x"}})
     assert flat == {"train.mlflow.tracking_uri": "https://u:***@h/"}
@@ -122,7 +122,7 @@ def test_flatten_redacts_uri_values():
 
 def test_stage_error_line_is_redacted(tmp_path, capsys):
     from ots.errors import ConfigError
-    from pipelines.common import stage_main
+    from pipelines.stage import stage_main
 
     def run(doc, path):
         raise ConfigError("cannot reach https://alice:hunter2@mlflow.example.com")

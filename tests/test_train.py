@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from pipelines import common, raywire, train
+from pipelines import mlflow_access, raywire, train
+from pipelines import params as params_file
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -70,25 +71,25 @@ def image_steps(client, run_id: str, key: str) -> set[int]:
 
 # -- no Ray ---------------------------------------------------------------------------------------------------
 def test_common_helpers(tmp_path, monkeypatch):
-    flat = common.flatten({"a": {"b": 1, "aws_secret_access_key": "x", "token": "t"}, "AWS_ACCESS_KEY_ID": "k",
+    flat = mlflow_access.flatten({"a": {"b": 1, "aws_secret_access_key": "x", "token": "t"}, "AWS_ACCESS_KEY_ID": "k",
                            "c": [1, 2]})
     assert flat == {"a.b": "1", "c": "[1, 2]"}
     monkeypatch.chdir(tmp_path)
-    assert common.resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert common.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert mlflow_access.resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert mlflow_access.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert common.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:1"
+    assert mlflow_access.resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:1"
     (tmp_path / "bad.yaml").write_text("a: [")
     from ots.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot read params"):
-        common.load_params(tmp_path / "bad.yaml")
-    assert common.load_params(write(tmp_path, {"seed": 3}))["seed"] == 3
+        params_file.load_params(tmp_path / "bad.yaml")
+    assert params_file.load_params(write(tmp_path, {"seed": 3}))["seed"] == 3
 
 
 def test_repo_params_and_dvc_stage():
     root = Path(__file__).resolve().parents[1]
-    params = train.resolve(common.load_params(root / "params.yaml"))
+    params = train.resolve(params_file.load_params(root / "params.yaml"))
     assert params["train"]["dataset"] == params["data"]["output"]
     stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]
     assert stage["cmd"] == "python -m pipelines.train --params params.yaml"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from ots.errors import ConfigError
-from pipelines import common, raywire, train, tune, tune_space, tune_trial
+from pipelines import params as params_file
+from pipelines import raywire, train, tune, tune_space, tune_trial
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -56,7 +57,7 @@ def write(tmp_path: Path, params: dict) -> str:
 # -- no Ray ---------------------------------------------------------------------------------------------------
 def test_repo_params_and_dvc_stage():
     root = Path(__file__).resolve().parents[1]
-    params = common.load_params(root / "params.yaml")
+    params = params_file.load_params(root / "params.yaml")
     t, base = tune_space.resolve_tune(params)
     searched = {"solver.lr_map", "solver.lr_potential", "solver.k_T", "solver.anchor_every", "train.batch_size"}
     assert searched <= set(t.space) and t.space_spec()["solver.k_T"] == {"choice": [3, 5, 10]}
@@ -88,7 +89,7 @@ def test_tune_defaults_live_in_one_place():
     import dataclasses
 
     root = Path(__file__).resolve().parents[1]
-    section = common.load_params(root / "params.yaml")["tune"]
+    section = params_file.load_params(root / "params.yaml")["tune"]
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(tune_space.TuneConfig) if f.name != "space"}
     assert "space" in section
