@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save`` dict: the solver state (``map``, ``map_ema``, ``potential``, optimisers, ...),
 ``map_config`` (the map's builder config, so the map is rebuilt without knowing the run's params layout), the
-run ``config``, ``extra`` and ``rng``. Older checkpoints without ``map_config`` load from ``config.model.map``.
+run ``config`` (the params layout, for provenance only: nothing here reads it), ``extra`` and ``rng``.
 Sources are local paths or storage URIs (``file://``, ``s3://``); model-registry URIs are resolved by the
 pipelines (``python -m pipelines.models fetch``), never here. Named maps (``ots upscale -n NAME``, Real-ESRGAN's
 habit) are files ``NAME.pt`` / ``NAME.pth`` in one folder, ``$OTS_MODELS`` (default ``~/.cache/ots/models``), where
@@ -31,10 +31,10 @@ MAP_SUFFIXES = (".pt", ".pth")
 def save_checkpoint(path: str | os.PathLike, solver: Any, config: dict | None = None, extra: dict | None = None,
                     map_config: dict | None = None) -> None:
     """Atomic write of everything needed to resume, the run config, and the map's config (``map_config``,
-    default: ``config["model"]["map"]``)."""
+    default: the one :func:`ots.solver.build_solver` attached to the solver)."""
     state = solver.state_dict()
     state["config"] = config or {}
-    state["map_config"] = map_config or ((config or {}).get("model") or {}).get("map") or {}
+    state["map_config"] = map_config or state.get("map_config") or {}
     state["extra"] = extra or {}
     state["rng"] = {"torch": torch.get_rng_state()}
     with atomic_path(path) as tmp:
@@ -125,9 +125,9 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.
     from ots.models import build_map
 
     state = load_checkpoint(path)
-    map_config = state.get("map_config") or (state.get("config") or {}).get("model", {}).get("map")
+    map_config = state.get("map_config")
     if not map_config:
-        raise CheckpointError(f"{path} holds no map config (map_config or config.model.map)")
+        raise CheckpointError(f"{path} holds no map config (map_config): it was not written by ots")
     weights = state.get("map_ema") or state["map"]
     _check_fits(map_config, weights, path)
     model = build_map(map_config)

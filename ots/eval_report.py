@@ -12,6 +12,7 @@ import numpy as np
 
 from ots.atomic import write_bytes, write_text
 from ots.evaluate import HIGHER_IS_BETTER, LABELS, METRICS, Pair, as_rgb8, check_pairs
+from ots.imagegrid import center_crop, nearest, panel_grid
 from ots.imagewrite import encode_png
 
 __all__ = ["grid_image", "markdown_table", "metrics_json", "per_image_csv", "report_json", "save_grid",
@@ -53,51 +54,20 @@ def markdown_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _nearest(a: np.ndarray, scale: int) -> np.ndarray:
-    return np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
-
-
-def _center_crop(a: np.ndarray, size: int | None) -> np.ndarray:
-    if not size:
-        return a
-    h, w = a.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return a[top : top + size, left : left + size]
-
-
 def grid_image(pairs: Sequence[Pair], outputs: Mapping[str, Sequence[np.ndarray]], *, max_images: int = 4,
                crop: int | None = 256, gap: int = 4) -> np.ndarray:
     """uint8 RGB grid: one row per image, columns LR (nearest) | bicubic | <maps...> | HR, labelled on top.
 
     Each panel is the same centre crop (``crop`` HR px) of the full image, so details stay visible.
     """
-    from PIL import Image, ImageDraw
-
     pairs = check_pairs(pairs)[:max_images]
     methods = ["bicubic"] + [m for m in outputs if m != "bicubic"]
-    columns = ["LR"] + methods + ["HR"]
     rows = []
     for i, (_, lr, hr) in enumerate(pairs):
         scale = hr.shape[0] // lr.shape[0]
-        panels = [_nearest(lr, scale)] + [as_rgb8(outputs[m][i]) for m in methods] + [hr]
-        rows.append([_center_crop(p, crop) for p in panels])
-    cell_w = max(p.shape[1] for r in rows for p in r)
-    cell_h = [max(p.shape[0] for p in r) for r in rows]
-    header = 16
-    width = len(columns) * cell_w + (len(columns) + 1) * gap
-    height = header + sum(cell_h) + (len(rows) + 1) * gap
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    y = header + gap
-    for r, h in zip(rows, cell_h):
-        for j, p in enumerate(r):
-            x = gap + j * (cell_w + gap)
-            canvas[y : y + p.shape[0], x : x + p.shape[1]] = p
-        y += h + gap
-    img = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(img)
-    for j, name in enumerate(columns):
-        draw.text((gap + j * (cell_w + gap) + 2, 2), name, fill=(0, 0, 0))
-    return np.asarray(img)
+        panels = [nearest(lr, scale)] + [as_rgb8(outputs[m][i]) for m in methods] + [hr]
+        rows.append([center_crop(p, crop) for p in panels])
+    return panel_grid(rows, ["LR", *methods, "HR"], gap=gap)
 
 
 def save_grid(path: str | Path, pairs: Sequence[Pair], outputs: Mapping[str, Sequence[np.ndarray]], *,

@@ -1,11 +1,12 @@
 """One-process OTS training with validation curves, no Ray/MLflow (laptop, GPU box, the study); ``ots fit`` runs it.
 
-The same solver and data as the pipeline: ``build_solver`` from params.yaml's ``model`` and ``solver``
-sections, ``CropStream`` over a shard dataset. Every ``eval_every`` potential steps (and at step 0) the map --
-and its EMA, when kept -- upscales the full validation LR images; the curve records their SWD against the
-validation HR images (an unpaired distribution metric: the selection metric) and their PSNR (a paired check),
-beside bicubic's values. The best map by SWD is kept. Writes ``curve.json``, ``curve.png``, ``grid.png``
-(LR | bicubic | map | HR) and ``best.pt`` / ``final.pt`` (checkpoints ``ots upscale`` and ``evaluate`` read).
+The same solver, data and validator as the pipeline: ``build_solver`` from typed configs (:mod:`ots.config`),
+``CropStream`` cursors over a shard dataset, :class:`ots.validation.Validation`. Every ``eval_every`` potential
+steps (and at step 0) the map -- and its EMA, when kept -- upscales the full validation LR images; the curve
+records their SWD against the validation HR images (an unpaired distribution metric: the selection metric) and
+their PSNR (a paired check), beside bicubic's values. The best map by SWD is kept. Writes ``curve.json``,
+``curve.png``, ``grid.png`` (LR | bicubic | map | HR) and ``best.pt`` / ``final.pt`` (checkpoints ``ots upscale``
+and ``evaluate`` read).
 """
 
 from __future__ import annotations
@@ -16,83 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ots.errors import ConfigError, NonFiniteLossError
-
-
-class Validation:
-    """Full validation images, mapped by T and compared with the HR images (SWD) and pairwise (PSNR)."""
-
-    def __init__(self, dataset: str, scale: int, device: torch.device, max_images: int = 0, seed: int = 0,
-                 patches: int | None = None):
-        from ots.data import read_val_pairs
-        from ots.data.loader import crops_to_tensor
-
-        pairs = read_val_pairs(dataset)
-        if max_images:
-            pairs = pairs[:max_images]
-        if not pairs:
-            raise ConfigError(f"{dataset}: no validation pairs to select the map by")
-        self.names = [n for n, _, _ in pairs]
-        self.lr = [crops_to_tensor(lr[None]) for _, lr, _ in pairs]
-        self.hr = [(crops_to_tensor(hr[None]) + 1) / 2 for _, _, hr in pairs]
-        from ots.metrics.swd import EVAL_PATCHES
-
-        self.scale, self.device, self.seed, self.patches = scale, device, seed, patches or EVAL_PATCHES
-        self.bicubic = self.score(self.bicubic_outputs())
-
-    def bicubic_outputs(self, lr: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Bicubic x scale of the val LR images (or of ``lr``, inputs in [-1, 1]), on the uint8 grid: R(x)."""
-        return [self._quantize(F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False))
-                for x in (self.lr if lr is None else lr)]
-
-    @staticmethod
-    def _quantize(y: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] -> [0, 1] on the uint8 grid: what a user gets as a PNG."""
-        return ((y.float().clamp(-1, 1) + 1) * 127.5).round() / 255.0
-
-    @torch.no_grad()
-    def outputs(self, net: torch.nn.Module) -> list[torch.Tensor]:
-        was = net.training
-        net.eval()
-        out = [self._quantize(net(x.to(self.device)).cpu()) for x in self.lr]
-        net.train(was)
-        return out
-
-    def score(self, outputs: list[torch.Tensor]) -> dict:
-        """Colour-aware SWD against the HR set (the selection metric), mean PSNR, colour distance to HR."""
-        from ots.metrics import color_distance, psnr, swd
-
-        sr, hr = [o[0] for o in outputs], [h[0] for h in self.hr]
-        s = swd(sr, hr, patches_per_image=self.patches, seed=self.seed)
-        p = sum(psnr(o, h) for o, h in zip(outputs, self.hr)) / len(outputs)
-        return {"swd": s["mean"], "psnr": p, "color": color_distance(sr, hr)}
-
-    def __call__(self, net: torch.nn.Module) -> dict:
-        return self.score(self.outputs(net))
-
-
-def grid(path: str | Path, val: Validation, net: torch.nn.Module, columns: int = 4, crop: int = 192) -> None:
-    """Rows of LR (nearest) | bicubic | map | HR, centre crops of the first validation images."""
-    import numpy as np
-    from PIL import Image
-
-    outs = val.outputs(net)
-    rows = []
-    for x, o, h in list(zip(val.lr, outs, val.hr))[:columns]:
-        near = F.interpolate((x + 1) / 2, scale_factor=val.scale, mode="nearest")
-        (bic,) = val.bicubic_outputs([x])
-        H, W = h.shape[-2:]
-        c = min(crop, H, W)
-        y0, x0 = (H - c) // 2, (W - c) // 2
-        cells = [t[0, :, y0:y0 + c, x0:x0 + c].clamp(0, 1) for t in (near, bic, o, h)]
-        gap = torch.ones(3, c, 2)
-        rows.append(torch.cat([cells[0], gap, cells[1], gap, cells[2], gap, cells[3]], dim=2))
-    width = max(r.shape[-1] for r in rows)
-    rows = [F.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
-    img = torch.cat([torch.cat([r, torch.ones(3, 2, width)], dim=1) for r in rows], dim=1)
-    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+from ots.config import OTSConfig
+from ots.costs import unwrap
+from ots.errors import NonFiniteLossError
 
 
 def plot_curves(path: str | Path, curves: dict[str, dict], title: str = "") -> None:
@@ -125,40 +53,31 @@ def plot_curves(path: str | Path, curves: dict[str, dict], title: str = "") -> N
     plt.close(fig)
 
 
-def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, time_budget: float = 0.0,
+def fit(cfg: OTSConfig, out: str | Path, steps: int | None = None, time_budget: float = 0.0,
         eval_every: int | None = None, device: str = "auto", seed: int | None = None, progress: bool = True,
         max_val_images: int = 0, val_patches: int | None = None) -> dict:
-    """Train from ``params`` (``model``, ``solver``, ``train`` sections) for ``steps`` potential steps or until
+    """Train ``cfg`` on ``cfg.train.dataset`` for ``steps`` potential steps (default ``cfg.train.steps``) or until
     ``time_budget`` seconds have passed; returns (and writes) the curve."""
-    from ots.build import build_solver
     from ots.checkpoint import save_checkpoint
-    from ots.data import CropStream
-    from ots.solver_config import SolverConfig
+    from ots.data.loader import CropStream
+    from ots.data.shard_reader import open_dataset
+    from ots.solver import build_solver
+    from ots.validation import Validation
 
-    train = params.get("train") or {}
-    seed = int(params.get("seed", 0) if seed is None else seed)
-    steps = int(steps or train.get("steps", 100))
-    eval_every = int(eval_every or train.get("eval_every", 25))
+    train = cfg.train
+    seed = cfg.seed if seed is None else int(seed)
+    steps = int(steps or train.steps)
+    eval_every = int(eval_every or train.eval_every)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    cfg = SolverConfig.from_dict({**(params.get("solver") or {}), "check_every": 0})
-    solver = build_solver(params["model"], cfg, device=dev, distributed=False, seed=seed)
-    scale = int(params["model"]["map"].get("scale", 4))
-    B, lr_crop = int(train.get("batch_size", 8)), int(train.get("lr_crop", 16))
-    lr = CropStream(dataset, "lr", crop=lr_crop + 2 * cfg.margin, batch_size=B, seed=seed)
-    hr = CropStream(dataset, "hr", crop=lr_crop * scale, batch_size=B, seed=seed)
-    pos = {"lr": 0, "hr": 0}
-
-    def stream(name, s):
-        def next_batch():
-            pos[name] += 1
-            return s.batch(pos[name] - 1)
-        return next_batch
-
-    next_lr, next_hr = stream("lr", lr), stream("hr", hr)
-    val = Validation(dataset, scale, dev, max_images=max_val_images, seed=seed, patches=val_patches)
+    solver = build_solver(cfg.model, cfg.solver, device=dev, distributed=False, seed=seed)
+    dataset = open_dataset(train.dataset, verify=False)
+    lr = CropStream(dataset, "lr", crop=train.lr_crop + 2 * cfg.solver.margin, batch_size=train.batch_size, seed=seed)
+    hr = CropStream(dataset, "hr", crop=train.hr_crop, batch_size=train.batch_size, seed=seed)
+    val = Validation(dataset, cfg.model.scale, dev, max_images=max_val_images, seed=seed, patches=val_patches)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    curve = {"params": params, "dataset": dataset, "seed": seed, "device": str(dev), "bicubic": val.bicubic,
+    params = cfg.to_params()
+    curve = {"params": params, "dataset": train.dataset, "seed": seed, "device": str(dev), "bicubic": val.bicubic,
              "history": [], "best": None, "stopped": None}
     bar = None
     if progress:
@@ -169,7 +88,7 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
 
     def evaluate(losses: dict) -> None:
         row = {"step": solver.step_count, "time_s": round(time.perf_counter() - t0, 1),
-               **{k: float(v) for k, v in losses.items()}, **val(unwrap_map(solver))}
+               **{k: float(v) for k, v in losses.items()}, **val(unwrap(solver.T))}
         if solver.T_ema is not None:
             row.update({f"ema_{k}": v for k, v in val(solver.T_ema).items()})
         curve["history"].append(row)
@@ -184,7 +103,7 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
 
     evaluate({})
     while solver.step_count < steps:
-        losses = solver.step(next_lr, next_hr)
+        losses = solver.step(lr.draw, hr.draw)
         if bar is not None:
             bar.update(1)
         done = time_budget and time.perf_counter() - t0 > time_budget
@@ -202,11 +121,6 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
     save_checkpoint(out / "final.pt", solver, config=params)
     (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
     plot_curves(out / "curve.png", {out.name: curve})
-    grid(out / "grid.png", val, solver.map_for_eval)
+    val.save_grid(out / "grid.png", solver.map_for_eval)
     return curve
 
-
-def unwrap_map(solver) -> torch.nn.Module:
-    from ots.costs import unwrap
-
-    return unwrap(solver.T)

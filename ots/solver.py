@@ -15,9 +15,9 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
+from ots.config import ModelConfig, SolverConfig
 from ots.costs import unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
-from ots.solver_config import SolverConfig
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
 
@@ -40,9 +40,12 @@ class _Solver:
     TERMS: tuple[str, ...] = ()
 
     def __init__(self, T: nn.Module, f: nn.Module, cost: nn.Module, reference: nn.Module,
-                 config: SolverConfig | dict | None = None, device: str | torch.device | None = None,
-                 distributed: bool | None = None):
-        self.cfg = config if isinstance(config, SolverConfig) else SolverConfig.from_dict(config)
+                 config: SolverConfig, device: str | torch.device | None = None, distributed: bool | None = None,
+                 map_config: dict | None = None):
+        if not isinstance(config, SolverConfig):  # validated once, where params were read (ots.config)
+            raise TypeError(f"a solver takes a SolverConfig, got {type(config).__name__}")
+        self.cfg = config
+        self.map_config = map_config  # how to rebuild the map from a checkpoint (set by build_solver)
         self.device = torch.device(device) if device is not None else _default_device()
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         self.T, self.f = (m.to(self.device, memory_format=fmt) for m in (T, f))
@@ -145,6 +148,7 @@ class _Solver:
             "step": self.step_count,
             "reference": self.reference.state() if hasattr(self.reference, "state") else {},
             "solver": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.cfg).items()},
+            "map_config": self.map_config,
             "kind": type(self).__name__,
         }
 
@@ -263,3 +267,18 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 __all__ = ["SOLVERS", "OTSSolver", "RegularizedGAN", "frozen", "gradient_penalty"]
+
+
+def build_solver(model: ModelConfig, solver: SolverConfig, device: str | torch.device | None = None,
+                 distributed: bool | None = None, backbones: dict | None = None, seed: int | None = None) -> _Solver:
+    """The one builder (pipeline, ``ots fit``, tune trials, benchmarks): map + potential from ``model``, cost and
+    reference map from ``solver``; the map's config travels with the solver into its checkpoints."""
+    from ots.costs import ReferenceMap, WeightedCost
+    from ots.models import build_map, build_potential
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    T, f = build_map(model.map), build_potential(model.potential)
+    reference = ReferenceMap(model.scale, solver.anchor_every)
+    return SOLVERS[solver.kind](T, f, WeightedCost(solver.cost, backbones), reference, solver, device=device,
+                                distributed=distributed, map_config=dict(model.map))

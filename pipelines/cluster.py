@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ots.config import TrainConfig
 from ots.errors import ConfigError, OTSError, one_line
 
 __all__ = ["EXCLUDES", "JOB_OUTPUT_ENV", "ClusterJobError", "job_server", "publish", "submit"]
@@ -44,11 +45,11 @@ class ClusterJobError(OTSError):
     """The Ray job could not be submitted, failed, or left no outputs."""
 
 
-def job_server(train: dict) -> str | None:
+def job_server(train: TrainConfig) -> str | None:
     """The Ray job server this stage submits itself to, or None: train here (or, inside a job, on its cluster)."""
     if os.environ.get(JOB_OUTPUT_ENV) or os.environ.get(IN_RAY_JOB_ENV):
         return None
-    address = str(train.get("cluster") or os.environ.get(API_SERVER_ENV) or os.environ.get("RAY_ADDRESS") or "")
+    address = str(train.cluster or os.environ.get(API_SERVER_ENV) or os.environ.get("RAY_ADDRESS") or "")
     return address.rstrip("/") if address.startswith(("http://", "https://")) else None
 
 
@@ -71,23 +72,21 @@ def _entrypoint(module: str, params_path: str, fresh: bool) -> str:
     return shlex.join(["python", "-m", module, "--params", rel.as_posix(), *(["--fresh"] if fresh else [])])
 
 
-def submit(module: str, params_path: str, params: dict, address: str, fresh: bool = False, *,
+def submit(module: str, params_path: str, train: TrainConfig, address: str, fresh: bool = False, *,
            stage: str = "train") -> dict:
     """Run ``python -m module --params params_path`` as a Ray job at ``address``; returns the run summary
     (``run.json``, written to ``train.output_dir`` with the checkpoints next to it)."""
     from ots.locations import join_uri, redact_uri
     from pipelines.mlflow_access import resolve_tracking_uri
     from pipelines.raywire import ray_storage
-    from pipelines.train_config import resolve
 
-    train = resolve(params)["train"]  # bad params fail here, before anything is uploaded
-    for key in ("storage_path", "dataset"):
-        _shared(key, train[key])
+    for key in ("storage_path", "dataset"):  # checked params (bad ones failed before anything is uploaded)
+        _shared(key, getattr(train, key))
     entrypoint = _entrypoint(module, params_path, fresh)
     job_id = f"ots-{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    outputs = join_uri(ray_storage(train["storage_path"])[2], "jobs", job_id)
+    outputs = join_uri(ray_storage(train.storage_path)[2], "jobs", job_id)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    env.update({"MLFLOW_TRACKING_URI": redact_uri(resolve_tracking_uri(train["mlflow"]["tracking_uri"])),
+    env.update({"MLFLOW_TRACKING_URI": redact_uri(resolve_tracking_uri(train.mlflow.tracking_uri)),
                 "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", JOB_OUTPUT_ENV: outputs})
     runtime_env = {"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": env}
     where = redact_uri(address)
@@ -106,7 +105,7 @@ def submit(module: str, params_path: str, params: dict, address: str, fresh: boo
         raise
     if status != "SUCCEEDED":
         raise ClusterJobError(f"ray job {job_id} {status.lower()}: {_why(client, job_id)}")
-    return _bring_home(outputs, Path(train["output_dir"]).resolve(), {"submission_id": job_id, "address": where,
+    return _bring_home(outputs, Path(train.output_dir).resolve(), {"submission_id": job_id, "address": where,
                                                                       "outputs": redact_uri(outputs)})
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 def load_params(path: str | os.PathLike) -> dict:
     """The whole params.yaml (or an overrides file) as a dict; one-line ConfigError when unreadable or when a
-    top-level name is not a section (:func:`pipelines.params_schema.check_sections`)."""
+    top-level name is not a section (:func:`ots.params_schema.check_sections`)."""
     import yaml
 
     from ots.errors import ConfigError
     from ots.locations import not_regular
-    from pipelines.params_schema import check_sections
+    from ots.params_schema import check_sections
 
     kind = not_regular(path)
     if kind:  # reading a FIFO would block for good
@@ -32,8 +32,8 @@ def load_params(path: str | os.PathLike) -> dict:
 
 def section(doc: dict, name: str, defaults: dict, path: str | os.PathLike = "params.yaml") -> dict:
     """One section of params.yaml over its defaults; an unknown key or a value of another type than its default
-    is a one-line ConfigError (:func:`pipelines.params_schema.check_keys`)."""
-    from pipelines.params_schema import check_keys
+    is a one-line ConfigError (:func:`ots.params_schema.check_keys`)."""
+    from ots.params_schema import check_keys
 
     sec = doc.get(name) or {}
     check_keys(sec, defaults, name, path)

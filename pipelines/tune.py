@@ -14,7 +14,7 @@ Reads ``tune`` (the search: :mod:`pipelines.tune_space`, where its defaults live
 
 Each trial (:mod:`pipelines.tune_trial`) is a single-worker function trainable holding
 ``tune.resources_per_trial`` (custom resource names kept as written; a reserved GPU is the trial's device): it
-builds the solver with ``ots.build.build_solver``, runs up to ``tune.max_steps`` potential steps and every
+builds the solver with ``ots.solver.build_solver``, runs up to ``tune.max_steps`` potential steps and every
 ``report_every`` steps reports the unpaired validation metric (SWD; ``metric: fid`` when the Inception weights
 resolve, else SWD and a note). ASHA (``time_attr=step``) stops bad trials at ``grace_period``,
 ``grace_period * reduction_factor``, ... steps; ``num_samples`` and ``time_budget_s`` bound the search. Trials

@@ -44,7 +44,7 @@ class TuneConfig:
     @classmethod
     def from_dict(cls, section: Any, base: dict) -> TuneConfig:
         """Validate ``section`` (the raw ``tune:`` mapping) against ``base`` (the resolved training params)."""
-        from pipelines.params_schema import check_keys, dataclass_defaults
+        from ots.params_schema import check_keys, dataclass_defaults
 
         if not isinstance(section, dict):
             raise ConfigError("tune section must be a mapping")
@@ -82,7 +82,7 @@ class TuneConfig:
 
 def resolve_tune(params: dict) -> tuple[TuneConfig, dict]:
     """(the validated search config, the base params resolved for training: the point the search starts from)."""
-    from pipelines.train_config import resolve
+    from pipelines.train.config import resolve
 
     base = {k: copy.deepcopy(params[k]) for k in ("seed", "model", "solver", "train", "data") if k in params}
     if base.get("train") is None or isinstance(base["train"], dict):
@@ -174,7 +174,7 @@ def check_space(space: Any, base: dict) -> dict:
                 raise ConfigError(f"tune.space.{key}: randint needs integers, got {args!r}")
         out[key] = (name, args)
     # Every bound / choice must give a valid training config (sizes, solver options, cost weights).
-    from pipelines.train_config import resolve
+    from pipelines.train.config import resolve
 
     for key, (name, args) in out.items():
         values = args if name == "choice" else ([args[0], args[1] - 1] if name == "randint" else args)

@@ -1,4 +1,4 @@
-"""One Tune trial: the solver from ``ots.build.build_solver``, stepped, scored on an unpaired metric for Tune.
+"""One Tune trial: the solver from ``ots.solver.build_solver``, stepped, scored on an unpaired metric for Tune.
 
 The metric is unpaired: SWD (weights-free, lower is better) -- or FID when the driver found the Inception
 weights -- between T(fixed LR crops) and fixed HR crops drawn independently. Like ``OTSSolver.step`` the trial
@@ -80,9 +80,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     import torch
     from ray import tune as rt
 
-    from ots.build import build_solver
     from ots.data import CropStream
-    from pipelines.train_config import solver_config
+    from ots.solver import build_solver
+    from pipelines.train.config import solver_config
 
     device = torch.device(trial_device(ctx.resources))
     if device.type == "cuda" and not torch.cuda.is_available():

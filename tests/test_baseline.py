@@ -9,7 +9,7 @@ import yaml
 
 from ots.errors import ConfigError
 from pipelines import train
-from pipelines.baseline import baseline_params, main
+from pipelines.train.gan import baseline_params, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from conftest import copy_repo
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGE_MODULES = {("dvc.yaml", "prepare"): "pipelines.prepare", ("dvc.yaml", "train"): "pipelines.train",
-                 ("dvc.yaml", "train_gan"): "pipelines.baseline",
+                 ("dvc.yaml", "train_gan"): "pipelines.train.gan",
                  ("dvc.yaml", "evaluate"): "pipelines.evaluate", ("dvc.yaml", "register"): "pipelines.register",
                  ("pipelines/optional/dvc.yaml", "tune"): "pipelines.tune"}
 

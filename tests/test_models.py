@@ -89,7 +89,7 @@ def test_bad_potential_config_is_a_clear_error():
 )
 def test_crop_and_scale_mismatch(lr, hr, message):
     with pytest.raises(ConfigError, match=message):
-        check_sizes({"scale": 4}, {"crop": 128 if hr == 64 else hr}, lr, hr)
+        check_sizes(4, {"crop": 128 if hr == 64 else hr}, lr, hr)
 
 
 @pytest.mark.parametrize(

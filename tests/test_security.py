@@ -33,7 +33,7 @@ def _tree_with_env(tmp_path: Path) -> Path:
     for name in (".envrc", "prod.env", ".aws/credentials", "infra/.envrc", "notes/keys.txt"):  # #19.7: any name
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"export AWS_SECRET_ACCESS_KEY={SECRET}\n")
-    for name in ("pipelines/train.py", "infra/params.cluster.yaml", "configs/cpu-small.yaml", "params.yaml"):
+    for name in ("pipelines/train/driver.py", "infra/params.cluster.yaml", "configs/cpu-small.yaml", "params.yaml"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("# what a job needs\n")
     return root
@@ -68,7 +68,7 @@ def test_ray_working_dir_package_has_no_env(tmp_path, honour_gitignore):
         out = tmp_path / "pkg.zip"
         _zip_files(str(root), excludes, str(out), include_gitignore=honour_gitignore)
         names = zipfile.ZipFile(out).namelist()
-        assert {"ots/__init__.py", "pipelines/train.py", "infra/params.cluster.yaml", "configs/cpu-small.yaml",
+        assert {"ots/__init__.py", "pipelines/train/driver.py", "infra/params.cluster.yaml", "configs/cpu-small.yaml",
                 "params.yaml"} <= set(names), names
         assert not [n for n in names if Path(n).name.startswith(".env")], names
         assert SECRET.encode() not in out.read_bytes(), names  # .envrc, prod.env, .aws/credentials, notes/

@@ -6,7 +6,7 @@ from ots.costs import ReferenceMap, WeightedCost
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ots.models import build_map, build_potential
 from ots.solver import OTSSolver, RegularizedGAN, frozen, gradient_penalty
-from ots.solver_config import SolverConfig
+from ots.config import SolverConfig
 
 MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
 POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}

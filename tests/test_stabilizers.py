@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from ots.build import build_solver
+from ots.solver import build_solver
 from ots.checkpoint import load_map, save_checkpoint
 from ots.costs import GradientCost, LowPassCost, WeightedCost
 from ots.errors import ConfigError
 from ots.models import build_map, build_potential
 from ots.solver import OTSSolver, RegularizedGAN
-from ots.solver_config import SolverConfig
+from ots.config import SolverConfig
 
 MODEL = {"map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4},
          "potential": {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}}

@@ -99,7 +99,7 @@ def test_tune_defaults_live_in_one_place():
 
 
 def test_trials_build_through_build_solver_and_use_no_private_helpers():
-    """The trial builds its solver with ots.build.build_solver (no hand wiring of map/potential/cost/solver) and
+    """The trial builds its solver with ots.solver.build_solver (no hand wiring of map/potential/cost/solver) and
     the tune modules import no `_private` name from another module."""
     import ast
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ots.build import build_solver
+from ots.solver import build_solver
 from ots.data import CropStream
 from ots.fit import Validation
 

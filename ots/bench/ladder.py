@@ -119,14 +119,17 @@ def score_map(net: torch.nn.Module, val) -> dict:
 def run_job(job: LadderJob) -> dict:
     """Train one method on one rung (one CPU thread unless on a GPU) and score its final map."""
     from ots.checkpoint import load_map
-    from ots.fit import Validation, fit
+    from ots.config import OTSConfig
+    from ots.fit import fit
+    from ots.validation import Validation
 
     torch.set_num_threads(1)
     params = method_params(job.params, job.method)
-    curve = fit(params, job.dataset, job.out, steps=job.steps, eval_every=job.eval_every or max(1, job.steps // 4),
+    cfg = OTSConfig.from_params({**params, "train": {**(params.get("train") or {}), "dataset": job.dataset}})
+    curve = fit(cfg, job.out, steps=job.steps, eval_every=job.eval_every or max(1, job.steps // 4),
                 seed=job.seed, progress=False, val_patches=job.val_patches)
     dev = torch.device(curve["device"])
-    val = Validation(job.dataset, int(params["model"]["map"].get("scale", 4)), dev, seed=0, patches=job.val_patches)
+    val = Validation(job.dataset, cfg.model.scale, dev, seed=0, patches=job.val_patches)
     scores = score_map(load_map(Path(job.out) / "final.pt", dev), val)
     return {"rung": job.rung, "method": job.method, "seed": job.seed, "out": job.out, "wall_s": curve["wall_s"],
             **scores, "curve": [{k: r[k] for k in r if k in ("step", "swd", "psnr", "ema_swd", "ema_psnr")}

@@ -96,7 +96,8 @@ def _run_cached(job: LadderJob) -> dict:
 
 def _bench(args) -> int:
     from ots.bench.common import device_name, write_json
-    from ots.fit import Validation
+    from ots.config import OTSConfig
+    from ots.validation import Validation
 
     rungs, methods = _csv(args.rungs, RUNGS, "rung(s)"), _csv(args.methods, METHODS, "method(s)")
     try:
@@ -108,12 +109,12 @@ def _bench(args) -> int:
     params, photos = load_recipe(args.params, args.set), _photos(args.photos)
     t0 = time.perf_counter()
     data = {r: build_rung(r, photos, args.work, args.max_side, args.val_crop, args.cell) for r in rungs}
-    scale = int(params["model"]["map"].get("scale", 4))
+    cfg = OTSConfig.from_params(params)  # checked once, before any rung trains
     if args.probe:
         from ots.bench.probe import plot_probe, probe_rung
 
-        result = {"photos": photos, "steps": args.probe_steps, "potential": params["model"]["potential"],
-                  "rungs": {r: probe_rung(data[r].dataset, params, args.probe_steps, seed=seeds[0]) for r in rungs}}
+        result = {"photos": photos, "steps": args.probe_steps, "potential": cfg.model.potential,
+                  "rungs": {r: probe_rung(data[r].dataset, cfg, args.probe_steps, seed=seeds[0]) for r in rungs}}
         write_json(args.out, result)
         plot_probe(Path(args.out).with_suffix(".png"), result)
         print(json.dumps({r: v["accuracy"][-1] for r, v in result["rungs"].items()}))
@@ -127,7 +128,7 @@ def _bench(args) -> int:
     out: dict = {"photos": photos, "steps": args.steps, "seeds": seeds, "device": device_name(torch.device("cpu")),
                  "recipe": {k: params.get(k) for k in ("model", "solver", "train", "baseline")}, "rungs": {}}
     for r in rungs:
-        val = Validation(data[r].dataset, scale, torch.device("cpu"), seed=0, patches=args.val_patches)
+        val = Validation(data[r].dataset, cfg.model.scale, torch.device("cpu"), seed=0, patches=args.val_patches)
         out["rungs"][r] = summarise(r, reference_scores(data[r], val), [x for x in runs if x["rung"] == r])
         out["rungs"][r]["curves"] = {f"{x['method']}-seed{x['seed']}": x["curve"] for x in runs if x["rung"] == r}
         _rung_grid(Path(args.out).with_name(f"{Path(args.out).stem}_{r}.png"), data[r], val, jobs, seeds[0])

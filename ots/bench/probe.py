@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ots.config import OTSConfig
+
 
 def _val_crops(dataset: str, lr_crop: int, scale: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random LR crops of the val LR images (with margin room) and ``n`` HR crops of the val HR images."""
@@ -29,21 +31,17 @@ def _val_crops(dataset: str, lr_crop: int, scale: int, n: int, seed: int) -> tup
     return crops_to_tensor(lr), crops_to_tensor(hr)
 
 
-def probe_rung(dataset: str, params: dict, steps: int = 300, seed: int = 0, eval_every: int = 25,
+def probe_rung(dataset: str, cfg: OTSConfig, steps: int = 300, seed: int = 0, eval_every: int = 25,
                n_val: int = 256) -> dict:
     """Train the potential alone on one dataset's R(x) vs y; accuracy (and mean logit gap) vs steps."""
-    from ots.data import CropStream
+    from ots.data.loader import CropStream
     from ots.models import build_potential
-    from ots.solver_config import SolverConfig
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    cfg = SolverConfig.from_dict({**(params.get("solver") or {}), "check_every": 0})
-    train = params.get("train") or {}
-    scale = int(params["model"]["map"].get("scale", 4))
-    B, lr_crop, m = int(train.get("batch_size", 8)), int(train.get("lr_crop", 16)), cfg.margin
-    f = build_potential(params["model"]["potential"])
-    opt = torch.optim.Adam(f.parameters(), lr=cfg.lr_potential, betas=cfg.betas)
+    scale, B, lr_crop, m = cfg.model.scale, cfg.train.batch_size, cfg.train.lr_crop, cfg.solver.margin
+    f = build_potential(cfg.model.potential)
+    opt = torch.optim.Adam(f.parameters(), lr=cfg.solver.lr_potential, betas=cfg.solver.betas)
     lr_stream = CropStream(dataset, "lr", crop=lr_crop + 2 * m, batch_size=B, seed=seed)
     hr_stream = CropStream(dataset, "hr", crop=lr_crop * scale, batch_size=B, seed=seed + 1)
 
@@ -68,7 +66,7 @@ def probe_rung(dataset: str, params: dict, steps: int = 300, seed: int = 0, eval
 
     evaluate(0)
     for step in range(1, steps + 1):
-        x, y = reference(lr_stream.batch(step - 1)), hr_stream.batch(step - 1)
+        x, y = reference(lr_stream.draw()), hr_stream.draw()
         loss = F.softplus(f(x)).mean() + F.softplus(-f(y)).mean()  # logistic: y -> 1, R(x) -> 0
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -90,7 +90,7 @@ def _infer(d: Path) -> tuple[list[str], list[dict]]:
     for name, r in _loaded(d, INFER_FILES, lines):
         for x in r.get("results", []):
             s = x["input"][0]
-            out = x.get("output", [s * r.get("model", {}).get("scale", 4)] * 2)
+            out = x.get("output") or [s * r["model"]["scale"]] * 2
             tiling = "untiled" if x["tile"] is None else (
                 f"tile {x['tile']}, overlap {x.get('overlap')}: {x.get('tiles')} tiles, "
                 f"{_fmt(x.get('pixels_processed_ratio'), '.2f')}× px")

@@ -22,6 +22,7 @@ from ots.bench.common import (
     reset_peak_memory,
     sync,
 )
+from ots.config import SolverConfig
 from ots.costs import ReferenceMap, WeightedCost
 from ots.errors import ConfigError
 from ots.models import build_map, build_potential
@@ -105,7 +106,7 @@ def count_flops(map_cfg: dict, pot_cfg: dict, hr_crop: int, k_T: int) -> dict:
     (T fwd, f fwd+bwd on T(x) and on y), counted by torch's FlopCounterMode on meta tensors (no compute)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    scale = map_cfg.get("scale", 4)
+    scale = map_cfg["scale"]
     with torch.device("meta"):
         T, f = build_map(map_cfg), build_potential(pot_cfg)
         x, y = torch.empty(1, 3, hr_crop // scale, hr_crop // scale), torch.empty(1, 3, hr_crop, hr_crop)
@@ -130,7 +131,7 @@ def run_loop(loop: str, map_cfg: dict, pot_cfg: dict, batch: int, hr_crop: int, 
              backend: str = "inductor", seed: int = 0, profile_steps: int = 0) -> dict:
     """Build fresh networks, run ``warmup`` then ``steps`` timed potential steps; throughput, memory, losses."""
     torch.manual_seed(seed)
-    scale = map_cfg.get("scale", 4)
+    scale = map_cfg["scale"]
     T, f = build_map(map_cfg), build_potential(pot_cfg)
     next_lr = _batches(4, batch, hr_crop // scale, device, seed)
     next_hr = _batches(4, batch, hr_crop, device, seed + 1)
@@ -147,7 +148,7 @@ def run_loop(loop: str, map_cfg: dict, pot_cfg: dict, batch: int, hr_crop: int, 
             return reference_step(T, f, opt_T, opt_f, next_lr, next_hr, k_T, scale, device)
     elif loop == "fast":
         solver = OTSSolver(T, f, WeightedCost({"mse": 0.5}), ReferenceMap(scale), device=device,
-                           config={"k_T": k_T, "channels_last": True, "bf16": bf16, "check_every": 0})
+                           config=SolverConfig(k_T=k_T, channels_last=True, bf16=bf16, check_every=0))
         if compile != "eager":
             compile_solver(solver, compile, backend)
         graphs = compile in CUDAGRAPH_MODES and backend == "inductor"

@@ -69,7 +69,7 @@ def _bench(args) -> int:
     map_cfg = {"arch": "edsr", "n_blocks": args.blocks, "n_features": args.features, "scale": args.scale}
     pot_cfg = {"arch": "resnet", "crop": args.hr_crop, "n_filters": args.potential_filters,
                "max_filters": args.potential_max_filters}
-    check_sizes(map_cfg, pot_cfg, args.hr_crop // args.scale, args.hr_crop)
+    check_sizes(args.scale, pot_cfg, args.hr_crop // args.scale, args.hr_crop)
     if args.steps < 1 or args.batch < 1 or args.warmup < 0 or args.profile_steps < 0:
         raise ConfigError("need --steps >= 1, --batch >= 1, --warmup >= 0, --profile-steps >= 0")
     modes, notes = _modes(args), []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ots.config import OTSConfig
 from ots.errors import ConfigError
 from ots.fit import fit, plot_curves
 
@@ -85,7 +86,8 @@ def _cmd_fit(args) -> int:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read params {args.params}: {e}") from e
     params = apply_set_args(params, args.set)
-    curve = fit(params, args.dataset, args.out, steps=args.steps, time_budget=args.time_budget,
+    params["train"] = {**(params.get("train") or {}), "dataset": args.dataset}
+    curve = fit(OTSConfig.from_params(params), args.out, steps=args.steps, time_budget=args.time_budget,
                 eval_every=args.eval_every, device=args.device, seed=args.seed)
     last = curve["history"][-1]
     print(json.dumps({"out": args.out, "bicubic": curve["bicubic"], "best": curve["best"],

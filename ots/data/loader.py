@@ -69,7 +69,7 @@ class CropStream(IterableDataset):
 
     def __init__(
         self,
-        dataset_uri: str,
+        dataset,
         domain: str = "lr",
         crop: int = 32,
         batch_size: int = 8,
@@ -88,23 +88,24 @@ class CropStream(IterableDataset):
             raise DataError(f"rank {rank} is not in [0, {world_size})")
         if crop <= 0 or batch_size <= 0 or start_batch < 0:
             raise DataError("crop and batch_size must be positive, start_batch non-negative")
-        self.dataset_uri = dataset_uri
+        # a URI, or an open dataset (its manifest already read: the worker opens one for all its streams)
+        self.dataset_uri = dataset if isinstance(dataset, str) else dataset.uri
         self.domain, self.crop, self.batch_size = domain, crop, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.start_batch, self.num_batches, self.augment = start_batch, num_batches, augment
         self.storage_options = storage_options
-        self.next_batch = start_batch
-        self._ds = None
+        self.next_batch = start_batch  # the cursor: draw() returns this batch and moves on
+        self._ds = None if isinstance(dataset, str) else dataset
         self._pools: dict[tuple[int, int], tuple] = {}
 
     # -- data ---------------------------------------------------------------------------------------
     def _dataset(self):
         if self._ds is None:
-            from ots.data.shards import open_dataset
+            from ots.data.shard_reader import open_dataset
 
             self._ds = open_dataset(self.dataset_uri, verify=False, storage_options=self.storage_options)
-            if not self._ds.shards("train", self.domain):
-                raise DataError(f"{self.dataset_uri}: no training shards for domain {self.domain!r}")
+        if not self._ds.shards("train", self.domain):
+            raise DataError(f"{self.dataset_uri}: no training shards for domain {self.domain!r}")
         return self._ds
 
     def _pool(self, part: int, n_parts: int) -> tuple:
@@ -141,6 +142,13 @@ class CropStream(IterableDataset):
         n = max(1, num_workers)
         tiles, h, w = self._pool(b % n, n)
         return crops_to_tensor(random_crops(tiles, self.crop, self.batch_size, self.rng(b), self.augment, h, w))
+
+    def draw(self) -> torch.Tensor:
+        """The next batch in order (``next_batch``, then one on): the training loops' cursor, resumable from
+        :meth:`state_dict`."""
+        x = self.batch(self.next_batch)
+        self.next_batch += 1
+        return x
 
     def __iter__(self):
         info = get_worker_info()

@@ -40,9 +40,8 @@ def build_potential(config: dict[str, Any]) -> nn.Module:
     return _build("potential", POTENTIALS, config)
 
 
-def check_sizes(map_config: dict, potential_config: dict, lr_crop: int, hr_crop: int) -> None:
+def check_sizes(scale: int, potential_config: dict, lr_crop: int, hr_crop: int) -> None:
     """The map's scale must turn LR crops into HR crops the potential was built for."""
-    scale = map_config.get("scale", 4)
     if lr_crop <= 0 or hr_crop <= 0:
         raise ConfigError(f"crop sizes must be positive, got lr_crop={lr_crop}, hr_crop={hr_crop}")
     if hr_crop % scale:

@@ -8,6 +8,8 @@ import math
 import time
 from typing import Any
 
+from ots.config import TrainConfig
+
 
 class Throughput:
     """Crops/s and steps/s since the last call to ``rates``."""
@@ -26,32 +28,31 @@ class Throughput:
 
 
 class Tracker:
-    """Rank 0's side: validation, MLflow metrics (each step logged once, replays compared), image grids."""
+    """Rank 0's side: the validator's scores and the image grids to MLflow (each step logged once, replays
+    compared), progress lines."""
 
-    def __init__(self, worker):
+    def __init__(self, validation, train: TrainConfig, run_id: str, tracking_uri: str, resumed_from: int = 0,
+                 world: int = 1):
         from mlflow import MlflowClient
 
-        from ots.data import CropStream
-        from ots.fit import Validation
+        from ots.data.loader import CropStream
+        from ots.validation import val_crops
         from pipelines.mlflow_access import no_credential_links
 
-        self.w, train = worker, worker.train
-        no_credential_links(worker.config["tracking_uri"])
-        self.client = MlflowClient(tracking_uri=worker.config["tracking_uri"])
+        self.validation, self.train, self.run_id = validation, train, run_id
+        no_credential_links(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
         # what this run logged before (a restart, or a driver killed before its first checkpoint): not re-logged
-        self.logged = {m.step: m.value for m in self.client.get_metric_history(worker.run_id, "loss_map")}
+        self.logged = {m.step: m.value for m in self.client.get_metric_history(run_id, "loss_map")}
         self.last_logged, self.replay_diff = max(self.logged, default=0), 0.0
-        if worker.resumed_from:
-            self.client.set_tag(worker.run_id, "resumed_from_step", str(worker.resumed_from))
-            print(f"train: resumed from step {worker.resumed_from} (attempt with {worker.world} worker(s))",
-                  flush=True)
-        self.validation = Validation(train["dataset"], worker.scale, worker.device,
-                                     max_images=train["val_images"], seed=worker.seed)
-        self.fixed_lr = CropStream(train["dataset"], "lr", crop=train["lr_crop"],
-                                   batch_size=max(1, train["image_count"]), seed=worker.seed + 7919,
-                                   augment=False).batch(0)[: train["image_count"]]
-        self.val_lr, self.val_hr = grid_val_crops(train["dataset"], train["val_pairs"], train["lr_crop"], worker.scale)
-        self.system = _system_metrics(worker.run_id, worker.config["tracking_uri"], bool(worker.resumed_from))
+        if resumed_from:
+            self.client.set_tag(run_id, "resumed_from_step", str(resumed_from))
+            print(f"train: resumed from step {resumed_from} (attempt with {world} worker(s))", flush=True)
+        dataset, seed = validation.dataset, validation.seed
+        self.fixed_lr = CropStream(dataset, "lr", crop=train.lr_crop, batch_size=max(1, train.image_count),
+                                   seed=seed + 7919, augment=False).batch(0)[: train.image_count]
+        self.val_lr, self.val_hr = val_crops(dataset, train.val_pairs, train.lr_crop, validation.scale)
+        self.system = _system_metrics(run_id, tracking_uri, bool(resumed_from))
 
     def close(self) -> None:
         if self.system is not None:
@@ -62,11 +63,12 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.w.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items()])
 
-    def validate(self, step: int) -> dict:
-        """Full val images through the map to evaluate (EMA when kept): colour-aware SWD (selection), PSNR, colour."""
-        score = self.validation(self.w.solver.map_for_eval)
+    def validate(self, step: int, net) -> dict:
+        """Full val images through ``net`` (the map to evaluate: EMA when kept): colour-aware SWD (selection),
+        PSNR, colour."""
+        score = self.validation(net)
         val = {"val_swd": score["swd"], "val_psnr": score["psnr"], "val_color": score["color"]}
         if step > self.last_logged or step == 0:
             bic = self.validation.bicubic
@@ -75,73 +77,41 @@ class Tracker:
         return val
 
     def log(self, step: int, target: int, metrics: dict) -> None:
-        if self.w.train["progress"]:
+        if self.train.progress:
             losses = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("loss_") or k == "cost")
             print(f"train: step {step}/{target} {losses} crops/s={metrics['crops_per_s']:.1f}", flush=True)
         if step <= self.last_logged and step in self.logged:  # replayed after a restart: compare, don't re-log
             diff = abs(metrics["loss_map"] - self.logged[step])
             self.replay_diff = max(self.replay_diff, diff)
-            self.client.log_metric(self.w.run_id, "resume_replay_diff", self.replay_diff, step=step)
+            self.client.log_metric(self.run_id, "resume_replay_diff", self.replay_diff, step=step)
             print(f"train: replayed step {step}: |loss_map - logged| = {diff:.3g}", flush=True)
         if step > self.last_logged:
             self._metrics(step, metrics)
 
-    def log_images(self, step: int) -> None:
+    def log_images(self, step: int, net) -> None:
         """LR (nearest) | bicubic | T(LR) [| HR] grids for fixed train and val crops (MLflow image keys
         ``train``/``val``, one per step)."""
         import torch
         import torch.nn.functional as F
 
+        from ots.imagegrid import panel_grid, tensor_rgb8
+
         if step <= self.last_logged:
             return
-        net = self.w.solver.map_for_eval
+        device, scale = self.validation.device, self.validation.scale
         for tag, lr, hr in (("train", self.fixed_lr, None), ("val", self.val_lr, self.val_hr)):
             if lr is None or len(lr) == 0:
                 continue
             was = net.training
             net.eval()
             with torch.no_grad():
-                mapped = net(lr.to(self.w.device)).float().cpu()
+                mapped = net(lr.to(device)).float().cpu()
             net.train(was)
-            up = [F.interpolate(lr, scale_factor=self.w.scale, mode="nearest"),
-                  F.interpolate(lr, scale_factor=self.w.scale, mode="bicubic", align_corners=False), mapped]
-            self.client.log_image(self.w.run_id, grid_image(up + ([hr] if hr is not None else [])), key=tag,
-                                  step=step)
-
-
-def grid_val_crops(uri: str, n: int, lr_crop: int, scale: int):
-    """Centre crops of the first ``n`` val pairs (LR and the matching HR), for the image grids."""
-    import numpy as np
-
-    from ots.data import read_val_pairs
-    from ots.data.loader import crops_to_tensor
-
-    lrs, hrs = [], []
-    for _, lr, hr in read_val_pairs(uri)[:n]:
-        h, w = lr.shape[:2]
-        if h < lr_crop or w < lr_crop:
-            continue
-        y, x = (h - lr_crop) // 2, (w - lr_crop) // 2
-        lrs.append(lr[y : y + lr_crop, x : x + lr_crop])
-        hrs.append(hr[y * scale : (y + lr_crop) * scale, x * scale : (x + lr_crop) * scale])
-    if not lrs:
-        return None, None
-    return crops_to_tensor(np.stack(lrs)), crops_to_tensor(np.stack(hrs))
-
-
-def grid_image(columns: list):
-    """Rows = samples, columns = [-1, 1] NCHW tensors of the same HR size; 2-px white gaps (an HWC uint8 array)."""
-    import numpy as np
-
-    cols = [((c.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-            for c in columns]
-    n, h, w, _ = cols[0].shape
-    gap = 2
-    img = np.full((n * h + (n - 1) * gap, len(cols) * w + (len(cols) - 1) * gap, 3), 255, np.uint8)
-    for i in range(n):
-        for j, c in enumerate(cols):
-            img[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = c[i]
-    return img
+            columns = [F.interpolate(lr, scale_factor=scale, mode="nearest"),
+                       F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False), mapped]
+            columns += [hr] if hr is not None else []
+            rows = [[tensor_rgb8((c[i] + 1) / 2) for c in columns] for i in range(len(lr))]
+            self.client.log_image(self.run_id, panel_grid(rows, gap=2), key=tag, step=step)
 
 
 def _system_metrics(run_id: str, tracking_uri: str, resumed: bool):

@@ -8,7 +8,7 @@ import os
 import signal
 
 from pipelines.cluster import job_server, submit
-from pipelines.train_config import resolve
+from pipelines.train.config import resolve
 
 _SIGNALLED: list[int] = []  # the signals ``_on_term`` received
 
@@ -23,7 +23,7 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     """The train-like stages' CLI (``python -m module``): ``--params``, ``--fresh``; trains here or, with a Ray job
     server (:func:`pipelines.cluster.job_server`), as a Ray job of the same command. SIGTERM ends the MLflow run
     KILLED (via KeyboardInterrupt), not RUNNING forever, stops a submitted job, and ends the process with
-    128 + the signal (143; Ctrl-C: 130). ``run(params, fresh)`` trains here (:func:`pipelines.train.run`)."""
+    128 + the signal (143; Ctrl-C: 130). ``run(config, fresh)`` trains here (:func:`pipelines.train.driver.run`)."""
     import sys
 
     from pipelines.stage import stage_main
@@ -33,11 +33,11 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     flags, rest = pre.parse_known_args(argv)
 
     def train_or_submit(doc_: dict, path: str) -> dict:
-        params = make_params(doc_)
-        address = job_server(resolve(params)["train"])
+        config = resolve(make_params(doc_))  # the one check of this run's params
+        address = job_server(config.train)
         if address:
-            return submit(module, path, params, address, fresh=flags.fresh, stage=name)
-        return run(params, fresh=flags.fresh)
+            return submit(module, path, config.train, address, fresh=flags.fresh, stage=name)
+        return run(config, fresh=flags.fresh)
 
     previous = signal.signal(signal.SIGTERM, _on_term)
     try:

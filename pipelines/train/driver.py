@@ -3,9 +3,9 @@
     python -m pipelines.train --params params.yaml [--fresh]
 
 This module is the *driver*: it validates params, decides which MLflow run and Ray run folder this invocation
-continues or starts (:mod:`pipelines.resume`: by default the latest unfinished run of the same config resumes;
+continues or starts (:mod:`pipelines.train.resume`: by default the latest unfinished run of the same config resumes;
 ``--fresh`` / ``train.fresh`` starts over), starts Ray (:mod:`pipelines.raywire`) and a ``TorchTrainer`` with
-``train.num_workers`` workers (:mod:`pipelines.worker`), and turns the result into ``run.json``.
+``train.num_workers`` workers (:mod:`pipelines.train.worker`), and turns the result into ``run.json``.
 
 Checkpoints (``checkpoint.pt`` + ``meta.json``) are reported to Ray at step 0 (the untrained, bicubic-equivalent
 map), every ``checkpoint_every`` steps and at the last step, into ``storage_path`` (a local folder or
@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 from ots.atomic import atomic_path
+from ots.config import OTSConfig
 from ots.errors import NonFiniteLossError, OTSError
 from pipelines.cluster import JOB_OUTPUT_ENV, publish
 from pipelines.raywire import init_ray  # before anything imports ray: it sets Ray's loopback switch
-from pipelines.train_config import abs_local, resolve
-from pipelines.train_stage import _on_term, stage
-from pipelines.worker import CKPT, train_loop
+from pipelines.train.config import absolute
+from pipelines.train.stage import _on_term, stage
+from pipelines.train.worker import CKPT, train_loop
 
 # Test hooks, passed in by tests through the environment (never params): rank 0 raises once at this step /
 # the map weights become NaN after this step.
@@ -48,32 +49,32 @@ class TrainingError(OTSError):
 
 
 # -- driver ---------------------------------------------------------------------------------------------------
-def run(params: dict, fresh: bool = False) -> dict:
+def run(config: OTSConfig, fresh: bool = False) -> dict:
     """Train (resuming the unfinished run of the same config unless ``fresh``); returns (and writes to
     ``<output_dir>/run.json``) the run summary. The MLflow run ends FINISHED, FAILED or KILLED (interrupted)."""
-    from ots.data import open_dataset
+    from ots.data.shard_reader import open_dataset
     from ots.storage import redact_uri
-    from pipelines import resume
     from pipelines.mlflow_access import get_or_create_experiment, mlflow_client, resolve_tracking_uri
     from pipelines.raywire import probe_storage, ray_storage
+    from pipelines.train import resume
 
-    params = resolve(params)
-    train = params["train"]
-    fresh = fresh or bool(train["fresh"])
-    train["dataset"] = abs_local(train["dataset"])
-    train["output_dir"] = str(Path(train["output_dir"]).resolve())
-    dataset = open_dataset(train["dataset"], verify=False)  # fail early, on the driver, with one line
-    params["dataset"] = resume.dataset_identity(dataset.manifest)  # hashed: new data is a new run, not a resume
-    out_dir = Path(train["output_dir"])
+    config = absolute(config)
+    train = config.train
+    fresh = fresh or train.fresh
+    dataset = open_dataset(train.dataset, verify=False)  # fail early, on the driver, with one line
+    # what MLflow logs and the resume hash reads: the params layout, with the dataset's identity (new data is a new
+    # run, not a resume)
+    params = {**config.to_params(), "dataset": resume.dataset_identity(dataset.manifest)}
+    out_dir = Path(train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage_path, storage_fs, storage_uri = ray_storage(train["storage_path"])
+    storage_path, storage_fs, storage_uri = ray_storage(train.storage_path)
     probe_storage(storage_path, storage_fs, storage_uri)  # before any MLflow run is made for nothing
-    tracking_uri = resolve_tracking_uri(train["mlflow"]["tracking_uri"])
+    tracking_uri = resolve_tracking_uri(train.mlflow.tracking_uri)
     client = mlflow_client(tracking_uri)
-    exp_id = get_or_create_experiment(client, train["mlflow"]["experiment"])
+    exp_id = get_or_create_experiment(client, train.mlflow.experiment)
     chash = resume.config_hash(params)
     plan = resume.plan(client, exp_id, params, chash, storage_uri, fresh)
-    run_id, run_name = _open_run(client, exp_id, params, plan, chash, storage_path, storage_uri, dataset)
+    run_id, run_name = _open_run(client, exp_id, config, params, plan, chash, storage_path, storage_uri, dataset)
     for old, reason in plan.retire:
         kept = resume.retire(client, old, reason, run_id, run_name, storage_path, storage_fs)
         print(f"train: ended unfinished run {old.info.run_id} as KILLED ({reason[:200]}); kept its best: {kept}",
@@ -83,11 +84,11 @@ def run(params: dict, fresh: bool = False) -> dict:
                                     f"{storage_path.rstrip('/')}/{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if kept:
             print(f"train: {storage_uri}/{run_name} held an earlier run: its best is kept in {kept}", flush=True)
-    print(f"train: mlflow run {run_id} at {redact_uri(tracking_uri)} (experiment {train['mlflow']['experiment']!r}); "
+    print(f"train: mlflow run {run_id} at {redact_uri(tracking_uri)} (experiment {train.mlflow.experiment!r}); "
           f"checkpoints in {storage_uri}/{run_name}" + (f"; {plan.note}" if plan.note else ""), flush=True)
     status = "FAILED"
     try:
-        summary = _fit(params, client, run_id, run_name, chash, (storage_path, storage_fs, storage_uri), out_dir)
+        summary = _fit(config, client, run_id, run_name, chash, (storage_path, storage_fs, storage_uri), out_dir)
         status = "FINISHED"
         if os.environ.get(JOB_OUTPUT_ENV):  # a cluster run: the submitting stage copies these home
             publish(out_dir, os.environ[JOB_OUTPUT_ENV])
@@ -99,29 +100,30 @@ def run(params: dict, fresh: bool = False) -> dict:
         client.set_terminated(run_id, status)
 
 
-def _open_run(client, exp_id: str, params: dict, plan, chash: str, storage_path: str, storage_uri: str,
-              dataset) -> tuple[str, str]:
-    """The MLflow run and Ray run name this invocation writes to: the planned one, or a new one (tagged)."""
+def _open_run(client, exp_id: str, config: OTSConfig, params: dict, plan, chash: str, storage_path: str,
+              storage_uri: str, dataset) -> tuple[str, str]:
+    """The MLflow run and Ray run name this invocation writes to: the planned one, or a new one (tagged with
+    ``params``, the config's layout)."""
     from pipelines.mlflow_access import log_params
 
-    train = params["train"]
+    train = config.train
     if plan.run_id:  # resume: same MLflow run, same Ray name (Ray restores the latest checkpoint in its folder)
         client.update_run(plan.run_id, status="RUNNING")
         old = client.get_run(plan.run_id).data.params
         log_params(client, plan.run_id, params, skip=old)  # params are write-once: new keys only
-        client.set_tag(plan.run_id, "ots.steps", str(train["steps"]))  # may have grown
+        client.set_tag(plan.run_id, "ots.steps", str(train.steps))  # may have grown
         return plan.run_id, plan.ray_name
-    kind = (params.get("solver") or {}).get("kind", "ots")
+    kind = config.solver.kind
     run_name = plan.ray_name or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"ots.stage": "train", "ots.solver": kind, "ots.output": train["output_dir"], "ots.config_hash": chash,
-            "ots.storage": storage_uri, "ots.storage_path": storage_path, "ots.steps": str(train["steps"]),
+    tags = {"ots.stage": "train", "ots.solver": kind, "ots.output": train.output_dir, "ots.config_hash": chash,
+            "ots.storage": storage_uri, "ots.storage_path": storage_path, "ots.steps": str(train.steps),
             **_git_tags()}
     run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
     if not plan.ray_name:
         run_name = f"{run_name}-{run_id[:8]}"
     client.set_tag(run_id, "ots.ray_run", run_name)
     log_params(client, run_id, params)
-    _log_dataset(client, run_id, train["dataset"], dataset)
+    _log_dataset(client, run_id, train.dataset, dataset)
     return run_id, run_name
 
 
@@ -145,7 +147,7 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     from ots.storage import redact_uri
-    from pipelines.resume import manifest_digest
+    from pipelines.train.resume import manifest_digest
 
     digest = manifest_digest(dataset.manifest)
     name = Path(uri.rstrip("/")).name or "dataset"
@@ -159,7 +161,7 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
 
 
-def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: tuple, out_dir: Path) -> dict:
+def _fit(config: OTSConfig, client, run_id: str, run_name: str, chash: str, storage: tuple, out_dir: Path) -> dict:
     """Run the TorchTrainer and turn its result into the outputs and the summary."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -167,27 +169,27 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     from ots.storage import redact_uri
     from pipelines.raywire import cause_of, fail_fast_callback
 
-    train = params["train"]
+    train = config.train
     storage_path, storage_fs, storage_uri = storage
     ours = signal.getsignal(signal.SIGTERM) is _on_term
     init_ray()  # installs Ray's SIGTERM handler: inside ray.get it ends as an anonymous SystemExit(1)
     if ours:  # keep ours (the CLI's): the run still ends KILLED, and the exit code can say which signal
         signal.signal(signal.SIGTERM, _on_term)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each worker print() shows up twice
-    resources = train["resources_per_worker"]
-    scaling = ScalingConfig(num_workers=train["num_workers"], use_gpu=bool(train["use_gpu"]),
+    resources = train.resources_per_worker
+    scaling = ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                             resources_per_worker=dict(resources) if resources else None)
     run_config = RunConfig(
         name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
-        checkpoint_config=CheckpointConfig(num_to_keep=train["keep_best_k"], checkpoint_score_attribute="val_swd",
+        checkpoint_config=CheckpointConfig(num_to_keep=train.keep_best_k, checkpoint_score_attribute="val_swd",
                                            checkpoint_score_order="min"),
-        failure_config=FailureConfig(max_failures=train["max_failures"]),
+        failure_config=FailureConfig(max_failures=train.max_failures),
         callbacks=[fail_fast_callback()],
         # Ray Train's own records (tracebacks of failures we report in one line, per-report INFO lines) stay in
         # the session's ray-train-*.log files; the console gets our lines
         logging_config=LoggingConfig(log_level="CRITICAL"),
     )
-    loop_config = {"params": params, "mlflow_run_id": run_id, "tracking_uri": client.tracking_uri,
+    loop_config = {"config": config, "mlflow_run_id": run_id, "tracking_uri": client.tracking_uri,
                    "run_name": run_name, "marker_dir": str(out_dir), "config_hash": chash,
                    "upload_mode": "SYNC" if storage_fs is None else "ASYNC",  # local copies are fast
                    **{k: int(os.environ[v]) for k, v in TEST_HOOKS.items() if os.environ.get(v)}}
@@ -210,8 +212,8 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     if stopped.get("nonfinite"):
         raise NonFiniteLossError(f"{stopped['nonfinite']}; last good checkpoint: {where or 'none'}")
     diverged = metrics.get("diverged")
-    if last is None or (int(metrics.get("step", -1)) != train["steps"] and not diverged):
-        raise TrainingError(f"training stopped at step {metrics.get('step')} of {train['steps']}")
+    if last is None or (int(metrics.get("step", -1)) != train.steps and not diverged):
+        raise TrainingError(f"training stopped at step {metrics.get('step')} of {train.steps}")
     if diverged:  # the guard stopped a diverging run: say so, keep the best map, let evaluate/register judge it
         print(f"train: {diverged}; keeping the best map (step {metrics.get('best_step')}, "
               f"val SWD {metrics.get('best_val_swd', float('nan')):.2f})", flush=True)
@@ -228,7 +230,7 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
     summary = {
         "mlflow_run_id": run_id,
         "tracking_uri": redact_uri(client.tracking_uri),  # never a password in a file; readers use the environment
-        "experiment": train["mlflow"]["experiment"],
+        "experiment": train.mlflow.experiment,
         "ray_run_name": run_name,
         "config_hash": chash,
         "steps": int(metrics["step"]),
@@ -241,7 +243,7 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
                                                   "val_psnr") if k in metrics},
         "stopped_early": diverged,
         "resumed_from": metrics.get("resumed_from", 0),
-        "num_workers": train["num_workers"],
+        "num_workers": train.num_workers,
         "worker_nodes": [n for n in str(metrics.get("node_ids", "")).split(",") if n] or None,
         "wall_s": round(wall, 2),
     }
@@ -250,9 +252,9 @@ def _fit(params: dict, client, run_id: str, run_name: str, chash: str, storage: 
 
     write_text(out_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     client.log_artifact(run_id, str(out_dir / "run.json"))
-    from pipelines.tracking import write_train_metrics
+    from pipelines.train.tracking import write_train_metrics
 
-    write_train_metrics(client, run_id, summary, train["summary"], train["curves"])
+    write_train_metrics(client, run_id, summary, train.summary, train.curves)
     return summary
 
 

@@ -1,6 +1,6 @@
 """DVC stage ``train_gan``: the content-regularized GAN baseline, trained by the same driver on the same budget.
 
-    python -m pipelines.baseline --params params.yaml [--fresh]
+    python -m pipelines.train.gan --params params.yaml [--fresh]
 
 params.yaml's ``baseline:`` section is deep-merged over ``model``/``solver``/``train`` (typically
 ``solver.kind: gan`` with its λ and gradient penalty, WGAN-GP's Adam betas, and its own ``train.output_dir``),
@@ -22,7 +22,7 @@ def baseline_params(doc: dict) -> dict:
     over = doc.get("baseline")
     if not isinstance(over, dict) or not over:
         raise ConfigError("params.yaml has no `baseline:` section (the GAN's solver/train overrides)")
-    from pipelines.params_schema import check_keys
+    from ots.params_schema import check_keys
 
     # its sections' own keys are checked after the merge, by the train stage's resolve
     check_keys(over, {k: None for k in ("model", "solver", "train", "seed")}, "baseline")
@@ -33,11 +33,11 @@ def baseline_params(doc: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.train import run
-    from pipelines.train_stage import stage
+    from pipelines.train.driver import run
+    from pipelines.train.stage import stage
 
     return stage("train_gan", __doc__, baseline_params, argv, ("mlflow_run_id", "steps", "best_checkpoint", "wall_s"),
-                 run=run, module="pipelines.baseline")
+                 run=run, module="pipelines.train.gan")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The per-worker training loop on Ray Train: solver steps, guards and checkpoints reported to Ray.
 
 ``TrainWorker(config).run()`` is what every Ray Train worker executes. The loop reads top to bottom like
-BasicSR's driver: step; on log steps, losses to MLflow (rank 0, :mod:`pipelines.tracking`); on checkpoint steps
+BasicSR's driver: step; on log steps, losses to MLflow (rank 0, :mod:`pipelines.train.tracking`); on checkpoint steps
 (and at step 0: the untrained map, bicubic-equivalent, is the first candidate), validate (rank 0: SWD of the full
 val images mapped by T -- the EMA when kept -- against the val HR images, and PSNR), check the divergence guard
 and report the checkpoint with ``val_swd`` to Ray, which keeps the best by it (``CheckpointConfig``). A
@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from ots.errors import CheckpointError, NonFiniteLossError
-from pipelines.train_config import solver_config
 
 CKPT = "checkpoint.pt"
 
@@ -29,27 +28,23 @@ class TrainWorker:
         import ray.train
         import torch
 
-        from ots.build import build_solver
-        from ots.data import CropStream
+        from ots.data.loader import CropStream
+        from ots.data.shard_reader import open_dataset
+        from ots.solver import build_solver
 
-        self.config, self.params = config, config["params"]
-        self.train, self.seed = self.params["train"], int(self.params["seed"])
+        self.config, self.cfg = config, config["config"]  # cfg: the typed OTSConfig the driver checked
+        self.train, self.seed = self.cfg.train, self.cfg.seed
         self.ctx = ray.train.get_context()
         self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
         self.dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.device = ray.train.torch.get_device() if self.train["use_gpu"] else torch.device("cpu")
-        self.solver = build_solver(self.params["model"], solver_config(self.params.get("solver") or {}),
-                                   device=self.device, distributed=self.dist, seed=self.seed)
-        self.scale = int(self.params["model"]["map"].get("scale", 4))
-        self.batch = int(self.train["batch_size"])
-        uri, margin = self.train["dataset"], self.solver.cfg.margin
-        self.streams = {
-            "lr": CropStream(uri, "lr", crop=self.train["lr_crop"] + 2 * margin, batch_size=self.batch,
-                             seed=self.seed, rank=self.rank, world_size=self.world),
-            "hr": CropStream(uri, "hr", crop=self.train["hr_crop"], batch_size=self.batch, seed=self.seed,
-                             rank=self.rank, world_size=self.world),
-        }
-        self.pos = {"lr": 0, "hr": 0}
+        self.device = ray.train.torch.get_device() if self.train.use_gpu else torch.device("cpu")
+        self.solver = build_solver(self.cfg.model, self.cfg.solver, device=self.device, distributed=self.dist,
+                                   seed=self.seed)
+        self.batch = self.train.batch_size
+        self.dataset = open_dataset(self.train.dataset, verify=False)  # the manifest, read once for every reader
+        crops = {"lr": self.train.lr_crop + 2 * self.cfg.solver.margin, "hr": self.train.hr_crop}
+        self.streams = {d: CropStream(self.dataset, d, crop=c, batch_size=self.batch, seed=self.seed, rank=self.rank,
+                                      world_size=self.world) for d, c in crops.items()}
         self.best = {"val_swd": None, "step": None}
         self.bad_evals = 0  # consecutive validations worse than bicubic (the divergence guard)
         self.run_id = config["mlflow_run_id"]
@@ -57,21 +52,13 @@ class TrainWorker:
         self.node_ids = self._node_ids()
         self.tracker = None
         if self.rank == 0:
-            from pipelines.tracking import Tracker
+            from ots.validation import Validation
+            from pipelines.train.tracking import Tracker
 
-            self.tracker = Tracker(self)
-
-    # -- data ----------------------------------------------------------------------------------------------
-    def _next(self, domain: str):
-        b = self.pos[domain]
-        self.pos[domain] += 1
-        return self.streams[domain].batch(b)
-
-    def next_lr(self):
-        return self._next("lr")
-
-    def next_hr(self):
-        return self._next("hr")
+            validation = Validation(self.dataset, self.cfg.model.scale, self.device,
+                                    max_images=self.train.val_images, seed=self.seed)
+            self.tracker = Tracker(validation, self.train, self.run_id, config["tracking_uri"], self.resumed_from,
+                                   self.world)
 
     # -- state ---------------------------------------------------------------------------------------------
     def _restore(self) -> int:
@@ -90,7 +77,8 @@ class TrainWorker:
             raise CheckpointError(f"the checkpoint in {ckpt.path} is from another config or run (config {have}, "
                                   f"run {extra.get('mlflow_run_id')}; this run: config {want}, run {self.run_id}); "
                                   f"rerun with --fresh to start over")
-        self.pos.update(extra.get("data", {}).get("position", {}))
+        for domain, position in (extra.get("data", {}).get("position") or {}).items():
+            self.streams[domain].next_batch = int(position)  # the cursors continue where the checkpoint left
         self.best.update(extra.get("best") or {})
         self.bad_evals = int(extra.get("bad_evals", 0))
         return self.solver.step_count
@@ -109,10 +97,11 @@ class TrainWorker:
     def save(self, folder: str, step: int, val: dict | None) -> None:
         from ots.checkpoint import save_checkpoint
 
-        extra = {"data": {"position": dict(self.pos), "seed": self.seed, "world_size": self.world},
+        position = {d: s.next_batch for d, s in self.streams.items()}
+        extra = {"data": {"position": position, "seed": self.seed, "world_size": self.world},
                  "mlflow_run_id": self.run_id, "best": dict(self.best), "bad_evals": self.bad_evals,
                  "run_name": self.config["run_name"], "config_hash": self.config["config_hash"]}
-        save_checkpoint(os.path.join(folder, CKPT), self.solver, config=self.params, extra=extra)
+        save_checkpoint(os.path.join(folder, CKPT), self.solver, config=self.cfg.to_params(), extra=extra)
         with open(os.path.join(folder, "meta.json"), "w") as fh:  # after the checkpoint: names a complete one
             json.dump({"step": step, **(val or {}), "mlflow_run_id": self.run_id}, fh)
 
@@ -147,14 +136,14 @@ class TrainWorker:
 
     def guard(self, step: int, val: dict, cost: float) -> str | None:
         """Why training should stop now (rank 0), or None: a diverging map is not worth more compute."""
-        g, bicubic = self.train["guard"], self.tracker.validation.bicubic["swd"]
-        worse = val["val_swd"] > bicubic * (1 + float(g["tolerance"]))
+        g, bicubic = self.train.guard, self.tracker.validation.bicubic["swd"]
+        worse = val["val_swd"] > bicubic * (1 + float(g.tolerance))
         self.bad_evals = self.bad_evals + 1 if worse else 0
-        if g["patience"] and self.bad_evals >= g["patience"]:
+        if g.patience and self.bad_evals >= g.patience:
             return (f"stopped at step {step}: val SWD {val['val_swd']:.2f} worse than bicubic's {bicubic:.2f} "
-                    f"(+{100 * float(g['tolerance']):.0f}% tolerance) for {self.bad_evals} validations in a row")
-        if g["max_cost"] and cost > float(g["max_cost"]):
-            return f"stopped at step {step}: transport cost {cost:.4g} above train.guard.max_cost={g['max_cost']}"
+                    f"(+{100 * float(g.tolerance):.0f}% tolerance) for {self.bad_evals} validations in a row")
+        if g.max_cost and cost > float(g.max_cost):
+            return f"stopped at step {step}: transport cost {cost:.4g} above train.guard.max_cost={g.max_cost}"
         return None
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -162,14 +151,14 @@ class TrainWorker:
         import torch
 
         from ots.costs import unwrap
-        from pipelines.tracking import Throughput
+        from pipelines.train.tracking import Throughput
 
-        train, target = self.train, int(self.train["steps"])
+        train, target = self.train, self.train.steps
         if not self.resumed_from:  # step 0: the untrained map is the first best candidate
             self.checkpoint(0, {}, 0.0)
         timer = Throughput((self.solver.cfg.k_T + 1) * self.batch * self.world)
         while self.solver.step_count < target:
-            losses = self.solver.step(self.next_lr, self.next_hr)
+            losses = self.solver.step(self.streams["lr"].draw, self.streams["hr"].draw)
             step = self.solver.step_count
             timer.tick()
             hook = self.config.get("inject_nan_at_step")
@@ -177,8 +166,8 @@ class TrainWorker:
                 with torch.no_grad():
                     for p in unwrap(self.solver.T).parameters():
                         p.fill_(float("nan"))
-            do_log = step % train["log_every"] == 0 or step == target
-            do_ckpt = step % train["checkpoint_every"] == 0 or step == target
+            do_log = step % train.log_every == 0 or step == target
+            do_ckpt = step % train.checkpoint_every == 0 or step == target
             if do_log or do_ckpt:
                 bad = self.nonfinite()
                 if bad:  # every rank stops here; the driver reads rank 0's return value (the last checkpoint is good)
@@ -188,8 +177,8 @@ class TrainWorker:
                 metrics = {k: float(v.float().item()) for k, v in losses.items()} | timer.rates()
                 if self.tracker:
                     self.tracker.log(step, target, metrics)
-            if self.tracker and train["image_every"] and (step % train["image_every"] == 0 or step == target):
-                self.tracker.log_images(step)
+            if self.tracker and train.image_every and (step % train.image_every == 0 or step == target):
+                self.tracker.log_images(step, self.solver.map_for_eval)
             self._maybe_fail(step)
             if do_ckpt and self.checkpoint(step, metrics, float(losses["cost"].float().item())):
                 return None
@@ -203,7 +192,7 @@ class TrainWorker:
         stop, checkpoint = None, None
         d = tempfile.mkdtemp(prefix="ots-ckpt-")  # Ray deletes it after the upload
         if self.rank == 0:
-            val = self.tracker.validate(step)
+            val = self.tracker.validate(step, self.solver.map_for_eval)
             report.update(val)
             if self.best["val_swd"] is None or val["val_swd"] < self.best["val_swd"]:
                 self.best = {"val_swd": val["val_swd"], "val_psnr": val["val_psnr"], "step": step}
