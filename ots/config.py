@@ -173,7 +173,7 @@ class TrainConfig:
     steps: int = 60                    # target number of potential steps
     batch_size: int = 8                # per worker
     lr_crop: int = 16
-    hr_crop: int = 64
+    hr_crop: int | None = None         # None = lr_crop x the map's scale
     checkpoint_every: int = 20         # the pipeline validates (and may keep the map) at each checkpoint
     eval_every: int = 25               # `ots fit`'s validation cadence
     keep_best_k: int = 2
@@ -264,6 +264,8 @@ class OTSConfig:
         check_keys(solver, dataclass_defaults(SolverConfig), "solver")
         solver = SolverConfig.from_dict({**(solver or {}), "check_every": 0})
         train = TrainConfig.from_dict(train, data.output)
+        if train.hr_crop is None:
+            train = dataclasses.replace(train, hr_crop=train.lr_crop * model.scale)
         check_sizes(model.scale, model.potential, train.lr_crop, train.hr_crop)
         return cls(model=model, solver=solver, train=train, data=data, seed=int(seed or 0))
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ots.config import SolverConfig
 from ots.models.mlp import MLPMap, MLPPotential
 from ots.solver import SOLVERS
 
@@ -138,8 +139,7 @@ def train(kind: str, pair: GaussianPair, run: GaussianRun, lam: float = 1.0, pro
     torch.manual_seed(run.seed)
     T = MLPMap(pair.dim, run.hidden, run.depth)
     f = MLPPotential(pair.dim, run.hidden, run.depth)
-    config = {"k_T": run.k, "lr_map": run.lr, "lr_potential": run.lr, "betas": (0.5, 0.9), "lam": lam,
-              "check_every": 100}
+    config = SolverConfig(k_T=run.k, lr_map=run.lr, lr_potential=run.lr, betas=(0.5, 0.9), lam=lam, check_every=100)
     solver = SOLVERS[kind](T, f, SquaredEuclidean(), Identity(), config, device="cpu")
     g = torch.Generator().manual_seed(stream_seed(run.seed, "train"))
     next_p, next_q = pair.sampler("P", run.batch, g), pair.sampler("Q", run.batch, g)

@@ -87,7 +87,7 @@ def resolve_tune(params: dict) -> tuple[TuneConfig, dict]:
     base = {k: copy.deepcopy(params[k]) for k in ("seed", "model", "solver", "train", "data") if k in params}
     if base.get("train") is None or isinstance(base["train"], dict):
         base["train"] = {**(base.get("train") or {}), "overrides": None}  # tune searches from params.yaml itself
-    base = resolve(base)
+    base = resolve(base).to_params()  # checked once, defaults filled in: what every trial starts from
     return TuneConfig.from_dict(params.get("tune") or {}, base), base
 
 

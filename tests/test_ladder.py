@@ -180,10 +180,11 @@ def test_probe_sees_a_colour_cast(ladder_inputs):
     from ots.bench.ladder import build_rung
     from ots.bench.probe import probe_rung
     from ots.commands.fit import apply_set_args
+    from ots.config import OTSConfig
 
     data = build_rung("cast", str(ladder_inputs / "photos"), ladder_inputs / "work", max_side=256, val_crop=128,
                       cell=128)
     params = apply_set_args(yaml.safe_load(TINY), ["solver.lr_potential=3e-3", "train.batch_size=8"])
-    got = probe_rung(data.dataset, params, steps=40, eval_every=20, n_val=64)
+    got = probe_rung(data.dataset, OTSConfig.from_params(params), steps=40, eval_every=20, n_val=64)
     assert [h["step"] for h in got["history"]] == [0, 20, 40]
     assert got["accuracy"][-1] >= 0.8, got  # a colour cast is plain to see

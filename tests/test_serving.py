@@ -36,13 +36,14 @@ MAX_PIXELS, MAX_BYTES = 48 * 48, 40_000
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     """A tiny EDSR whose weights are all non-zero (so its output differs from plain bicubic)."""
     from ots.checkpoint import save_checkpoint
+    from ots.config import SolverConfig
     from ots.costs import ReferenceMap, WeightedCost
     from ots.models import build_map, build_potential
     from ots.solver import OTSSolver
 
     torch.manual_seed(seed)
-    solver = OTSSolver(build_map(MAP), build_potential(POT), WeightedCost("mse"), ReferenceMap(4), {"k_T": 1},
-                       device="cpu")
+    solver = OTSSolver(build_map(MAP), build_potential(POT), WeightedCost("mse"), ReferenceMap(4), SolverConfig(k_T=1),
+                       device="cpu", map_config=MAP)
     with torch.no_grad():
         for p in solver.T.parameters():
             p.add_(torch.randn_like(p) * 0.05)

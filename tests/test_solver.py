@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from ots.checkpoint import load_map, resume, save_checkpoint
+from ots.config import SolverConfig
 from ots.costs import ReferenceMap, WeightedCost
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ots.models import build_map, build_potential
 from ots.solver import OTSSolver, RegularizedGAN, frozen, gradient_penalty
-from ots.config import SolverConfig
 
 MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
 POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}
@@ -27,7 +27,8 @@ class Stream:
 def make_solver(kind=OTSSolver, seed=0, map_cfg=MAP, **cfg):
     torch.manual_seed(seed)
     return kind(build_map(map_cfg), build_potential(POT), WeightedCost("mse"), ReferenceMap(4),
-                {"k_T": 3, "lr_map": 1e-3, "lr_potential": 1e-3, **cfg}, device="cpu")
+                SolverConfig.from_dict({"k_T": 3, "lr_map": 1e-3, "lr_potential": 1e-3, **cfg}), device="cpu",
+                map_config=map_cfg)
 
 
 def params(m):
@@ -174,19 +175,21 @@ def test_bad_checkpoint_files(tmp_path):
         load_map(tmp_path / "other.pt")
 
 
-def test_checkpoint_stores_the_map_config_and_old_checkpoints_still_load(tmp_path):
+def test_checkpoint_stores_the_map_config_and_needs_no_params_layout(tmp_path):
     from ots.checkpoint import load_checkpoint
 
     s = make_solver()
-    save_checkpoint(tmp_path / "new.pt", s, {"model": {"map": MAP}, "seed": 3})
+    save_checkpoint(tmp_path / "new.pt", s, {"seed": 3})  # the map config travels with the solver
     state = load_checkpoint(tmp_path / "new.pt")
     assert state["map_config"] == MAP and state["config"]["seed"] == 3
-    save_checkpoint(tmp_path / "explicit.pt", s, {}, map_config=MAP)  # no params layout needed at all
-    old = {k: v for k, v in state.items() if k != "map_config"}  # the format before map_config
-    torch.save(old, tmp_path / "old.pt")
+    other = make_solver(map_cfg={**MAP, "n_features": 12})
+    save_checkpoint(tmp_path / "explicit.pt", s, {}, map_config=MAP)  # an explicit one wins
     x = torch.rand(1, 3, 4, 4) * 2 - 1
     ref = load_map(tmp_path / "new.pt")(x)
-    for name in ("explicit.pt", "old.pt"):
-        torch.testing.assert_close(load_map(tmp_path / name)(x), ref)
+    torch.testing.assert_close(load_map(tmp_path / "explicit.pt")(x), ref)
+    assert other.map_config["n_features"] == 12
+    torch.save({k: v for k, v in state.items() if k != "map_config"}, tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="holds no map config"):
+        load_map(tmp_path / "bare.pt")
     torch.testing.assert_close(load_map(f"file://{tmp_path / 'new.pt'}")(x), ref)  # a storage URI
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary file

@@ -12,16 +12,16 @@ import pytest
 import torch
 from torch import nn
 
-from ots.solver import build_solver
 from ots.checkpoint import load_map, save_checkpoint
+from ots.config import ModelConfig, SolverConfig
 from ots.costs import GradientCost, LowPassCost, WeightedCost
 from ots.errors import ConfigError
 from ots.models import build_map, build_potential
-from ots.solver import OTSSolver, RegularizedGAN
-from ots.config import SolverConfig
+from ots.solver import OTSSolver, RegularizedGAN, build_solver
 
-MODEL = {"map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4},
-         "potential": {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}}
+S = SolverConfig.from_dict
+MODEL = ModelConfig(map={"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4},
+                    potential={"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16})
 
 
 def stream(size, seed, batch=2):
@@ -46,7 +46,7 @@ def flat(m):
 
 
 def test_margin_feeds_inner_crops_to_cost_and_potential():
-    s = build_solver(MODEL, {"k_T": 2, "margin": 2, "lr_map": 1e-3, "lr_potential": 1e-3}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 2, "margin": 2, "lr_map": 1e-3, "lr_potential": 1e-3}), device="cpu", seed=0)
     s.f = s.f_net = s.f_train = Recorder(s.f)
     out = s.step(stream(8 + 2 * 2, 1), stream(32, 2))  # LR crops carry 2 px of context on each side
     assert all(t.shape[-2:] == (32, 32) for t in s.f.seen)  # map outputs (48 px) cut to the potential's 32 px
@@ -57,7 +57,7 @@ def test_margin_feeds_inner_crops_to_cost_and_potential():
 
 
 def test_ema_of_the_map_follows_its_updates():
-    s = build_solver(MODEL, {"k_T": 1, "ema": 0.5, "lr_map": 1e-2, "lr_potential": 1e-3}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 1, "ema": 0.5, "lr_map": 1e-2, "lr_potential": 1e-3}), device="cpu", seed=0)
     start = flat(s.T)
     assert torch.equal(flat(s.T_ema), start)
     s.step(stream(8, 1), stream(32, 2))
@@ -68,7 +68,7 @@ def test_ema_of_the_map_follows_its_updates():
 
 
 def test_warmup_moves_only_the_potential():
-    s = build_solver(MODEL, {"k_T": 3, "warmup": 2, "lr_map": 1e-2, "lr_potential": 1e-2}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 3, "warmup": 2, "lr_map": 1e-2, "lr_potential": 1e-2}), device="cpu", seed=0)
     T0, f0 = flat(s.T), flat(s.f)
     lr = stream(8, 1)
     calls = {"n": 0}
@@ -85,20 +85,20 @@ def test_warmup_moves_only_the_potential():
 
 
 def test_instance_noise_reaches_both_inputs_of_the_potential():
-    s = build_solver(MODEL, {"k_T": 1, "noise": 0.2, "lr_map": 1e-3, "lr_potential": 1e-3}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 1, "noise": 0.2, "lr_map": 1e-3, "lr_potential": 1e-3}), device="cpu", seed=0)
     s.f = s.f_net = s.f_train = Recorder(s.f)
     hr = torch.zeros(2, 3, 32, 32)
     s.step(stream(8, 1), lambda: hr.clone())
     y_seen = s.f.seen[-1]  # the potential update's HR batch, last one shown
     assert 0.15 < float(y_seen.std()) < 0.25  # zeros + N(0, 0.2^2)
-    quiet = build_solver(MODEL, {"k_T": 1, "lr_map": 1e-3, "lr_potential": 1e-3}, device="cpu", seed=0)
+    quiet = build_solver(MODEL, S({"k_T": 1, "lr_map": 1e-3, "lr_potential": 1e-3}), device="cpu", seed=0)
     quiet.f = quiet.f_net = quiet.f_train = Recorder(quiet.f)
     quiet.step(stream(8, 1), lambda: hr.clone())
     assert torch.equal(quiet.f.seen[-1], hr)
 
 
 def test_transport_cost_is_fp32_under_bf16_autocast():
-    s = build_solver(MODEL, {"k_T": 1, "bf16": True}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 1, "bf16": True}), device="cpu", seed=0)
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     with s.autocast():
         Tx = s.T(x)
@@ -119,8 +119,8 @@ def test_solver_config_accepts_yaml_floats_and_refuses_bad_values():
 
 
 def test_builder_makes_either_solver_from_the_config():
-    assert isinstance(build_solver(MODEL, {"kind": "ots"}, device="cpu"), OTSSolver)
-    gan = build_solver(MODEL, {"kind": "gan", "lam": 3.0, "cost": {"mse": 1, "grad": 2}}, device="cpu")
+    assert isinstance(build_solver(MODEL, S({"kind": "ots"}), device="cpu"), OTSSolver)
+    gan = build_solver(MODEL, S({"kind": "gan", "lam": 3.0, "cost": {"mse": 1, "grad": 2}}), device="cpu")
     assert isinstance(gan, RegularizedGAN) and gan.cfg.lam == 3.0
     assert set(gan.cost.weights) == {"mse", "grad"}
     out = gan.step(stream(8, 1), stream(32, 2))
@@ -149,17 +149,17 @@ def test_icnr_upsampler_starts_without_checkerboard():
 
 
 def test_reference_critic_init():
-    f = build_potential({**MODEL["potential"], "init": "kaiming"})
+    f = build_potential({**MODEL.potential, "init": "kaiming"})
     convs = [m for m in f.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
     assert convs and all(float(m.bias.detach().abs().sum()) == 0 for m in convs)
     with pytest.raises(ConfigError, match="potential init must be"):
-        build_potential({**MODEL["potential"], "init": "xavier"})
+        build_potential({**MODEL.potential, "init": "xavier"})
 
 
 def test_exported_map_is_the_ema_when_kept(tmp_path):
-    s = build_solver(MODEL, {"k_T": 2, "ema": 0.9, "lr_map": 1e-2}, device="cpu", seed=0)
+    s = build_solver(MODEL, S({"k_T": 2, "ema": 0.9, "lr_map": 1e-2}), device="cpu", seed=0)
     s.step(stream(8, 1), stream(32, 2))
-    save_checkpoint(tmp_path / "c.pt", s, config={"model": MODEL})
+    save_checkpoint(tmp_path / "c.pt", s)
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(load_map(tmp_path / "c.pt")(x), s.T_ema(x))
@@ -169,7 +169,7 @@ def test_exported_map_is_the_ema_when_kept(tmp_path):
 def test_fit_writes_curves_grid_and_the_best_map(tiny_dataset, tmp_path):
     from ots.cli import main
 
-    params = {"seed": 0, "model": MODEL, "solver": {"k_T": 1, "margin": 1, "ema": 0.5, "cost": {"mse": 10}},
+    params = {"seed": 0, "model": {"map": MODEL.map, "potential": MODEL.potential}, "solver": {"k_T": 1, "margin": 1, "ema": 0.5, "cost": {"mse": 10}},
               "train": {"batch_size": 2, "lr_crop": 8}}
     (tmp_path / "p.yaml").write_text(json.dumps(params))
     out = tmp_path / "fit"

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ots.solver import build_solver
 from ots.data import CropStream
 from ots.fit import Validation
+from ots.solver import build_solver
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from ots.errors import ConfigError
 
 # train keys that do not change what is optimised (bookkeeping, logging, where things go, when to stop)
-NOT_HASHED = {"steps", "checkpoint_every", "eval_every", "keep_best_k", "max_failures", "use_gpu", "resources_per_worker",
-              "storage_path", "run_name", "log_every", "image_every", "image_count", "val_pairs", "val_images",
+NOT_HASHED = {"steps", "checkpoint_every", "eval_every", "keep_best_k", "max_failures", "use_gpu",
+              "resources_per_worker", "storage_path", "run_name", "log_every", "image_every", "image_count",
+              "val_pairs", "val_images",
               "guard", "output_dir", "mlflow", "progress", "overrides", "fresh", "cluster"}
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 
