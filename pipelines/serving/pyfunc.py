@@ -1,16 +1,17 @@
 """The served model: a custom MLflow pyfunc wrapping the trained map (checkpoint artifact) and the tiled inference.
 
 Not the default ``pt2`` export (it freezes the input size): any image size goes through :mod:`ots.infer`. The
-bounded HTTP front is :mod:`pipelines.serving_http`; registry URIs are :mod:`pipelines.models`.
+bounded HTTP front is :mod:`pipelines.serving.app`; registry URIs are :mod:`pipelines.registry`; logging this
+model to MLflow is :mod:`pipelines.serving.package`.
 
 Payload (``POST /invocations``, ``Content-Type: application/json``)::
 
     {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], ...]},
      "params": {"tile": 256, "overlap": 32}}          # params optional
 
-``image``: a ``string`` column, base64 as in :mod:`pipelines.serving_payload` (decoded here, not by MLflow); raw
+``image``: a ``string`` column, base64 as in :mod:`pipelines.serving.payload` (decoded there, not by MLflow); raw
 ``bytes`` or uint8/uint16 arrays from Python; any format Pillow reads, 8 or 16 bit. The answer, as from
-:mod:`pipelines.serving_http`: ``{"predictions": [{"image": "<base64 PNG>", "height": H, "width": W}, ...]}``
+:mod:`pipelines.serving.app`: ``{"predictions": [{"image": "<base64 PNG>", "height": H, "width": W}, ...]}``
 (same bit depth and channel layout as the input, ``scale`` times larger).
 
 Bad inputs (not an image, empty, over ``max_bytes`` bytes or ``max_pixels`` pixels, bad tiling params) raise
@@ -20,113 +21,33 @@ Bad inputs (not an image, empty, over ``max_bytes`` bytes or ``max_pixels`` pixe
 from __future__ import annotations
 
 import os
-import threading
 import time
-from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    DEADLINE_EXCEEDED,
-    INTERNAL_ERROR,
-    INVALID_PARAMETER_VALUE,
-    RESOURCE_EXHAUSTED,
-    TEMPORARILY_UNAVAILABLE,
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
+
+from pipelines.registry import CHECKPOINT_ARTIFACT
+from pipelines.serving.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MAX_REQUEST_IMAGES
+from pipelines.serving.payload import encode_b64, payload_image
+from pipelines.serving.scoring_server import (
+    MAX_CONCURRENT,
+    SLOTS,
+    ServingError,
+    bad_input,
+    over_limit,
+    request_timeout,
+    server_stopping,
 )
-
-from pipelines.models import CHECKPOINT_ARTIFACT
-from pipelines.scoring_server import ServingError, server_stopping
-from pipelines.serving_payload import decode_b64, encode_b64, max_b64_chars
-
-DEFAULT_MAX_PIXELS = 2048 * 2048  # input (LR) pixels per image
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # encoded bytes per image
-
-
-def _bad(message: str) -> MlflowException:
-    return ServingError(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _limit(message: str) -> MlflowException:
-    """Over a per-request limit (MLflow has no 413 code: RESOURCE_EXHAUSTED answers 429)."""
-    return ServingError(message, error_code=RESOURCE_EXHAUSTED)
-
-
-DEFAULT_MAX_IMAGES = 8
-# requests computing at once in one `mlflow models serve` worker process
-_MAX_CONCURRENT = max(1, int(os.environ.get("OTS_SERVE_MAX_CONCURRENT", "1") or 1))
-_SLOTS = threading.BoundedSemaphore(_MAX_CONCURRENT)
-
-
-def _request_timeout() -> float:
-    """The scoring server's request timeout (it answers 504 then): our work stops at the same deadline."""
-    try:
-        return float(os.environ.get("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "60"))
-    except ValueError:
-        return 60.0
-
-
-# ------------------------------------------------------------------------------------------------- decoding
-
-
-def decode_image(value: Any, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 where: str = "image") -> np.ndarray:
-    """bytes / base64 str (:mod:`pipelines.serving_payload`) / uint8|uint16 array -> (H, W, C) array;
-    MlflowException (400) on anything else."""
-    from ots.errors import DataError
-    from ots.imageio import decode_image as _decode
-
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return _check_array(value, max_pixels, where)
-    if isinstance(value, str):
-        if len(value) > max_b64_chars(max_bytes):
-            raise _bad(f"{where}: payload larger than the limit of {max_bytes} bytes")
-        try:
-            value = decode_b64(value, where)
-        except DataError as e:
-            raise _bad(str(e)) from e
-    if isinstance(value, (bytearray, memoryview)):
-        value = bytes(value)
-    if not isinstance(value, bytes):
-        raise _bad(f"{where}: expected PNG/JPEG bytes (base64 in JSON), got {type(value).__name__}")
-    if not value:
-        raise _bad(f"{where}: empty image (0 bytes)")
-    if len(value) > max_bytes:
-        raise _bad(f"{where}: {len(value)} bytes, larger than the limit of {max_bytes} bytes")
-
-    try:  # the decoder prepare and `ots upscale` share: 16-bit gray, RGB and RGBA PNGs stay 16-bit
-        arr = _decode(value, where, max_pixels=max_pixels)
-    except DataError as e:
-        msg = str(e)
-        if "too large" in msg or "empty" in msg:
-            raise _bad(msg) from e
-        raise _bad(f"{where}: not a decodable image ({msg.split(': ', 1)[-1]})") from e
-    return _check_array(arr, max_pixels, where)
-
-
-def _check_array(a: np.ndarray, max_pixels: int, where: str) -> np.ndarray:
-    if a.dtype not in (np.uint8, np.uint16):
-        raise _bad(f"{where}: arrays must be uint8 or uint16, got {a.dtype}")
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
-        raise _bad(f"{where}: expected an (H, W[, 1|2|3|4]) image, got shape {a.shape}")
-    if a.shape[0] * a.shape[1] > max_pixels:
-        raise _bad(f"{where}: image is {a.shape[1]}x{a.shape[0]} = {a.shape[0] * a.shape[1]} pixels, "
-                   f"more than the limit of {max_pixels}")
-    return a
-
-
-# ------------------------------------------------------------------------------------------------- the model
 
 
 class OTSUpscaler(mlflow.pyfunc.PythonModel):
     """Upscales each row's ``image`` with the trained map, tiled; returns base64 PNGs."""
 
-    def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, device: str = "auto", precision: str = "auto",
-                 max_images: int = DEFAULT_MAX_IMAGES, max_request_pixels: int | None = None):
+    def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = MAX_INPUT_PIXELS,
+                 max_bytes: int = MAX_INPUT_BYTES, device: str = "auto", precision: str = "auto",
+                 max_images: int = MAX_REQUEST_IMAGES, max_request_pixels: int | None = None):
         self.tile, self.overlap = int(tile), int(overlap)
         self.max_pixels, self.max_bytes = int(max_pixels), int(max_bytes)
         self.max_images = int(max_images)
@@ -166,33 +87,34 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
         tile = int(params.get("tile", self.tile) or 0)
         overlap = int(params.get("overlap", self.overlap))
         if tile < 0 or overlap < 0 or (tile and overlap >= tile):
-            raise _bad(f"bad tiling params: tile={tile} (0 = whole image), overlap={overlap} (0 <= overlap < tile)")
+            raise bad_input(f"bad tiling params: tile={tile} (0 = whole image), overlap={overlap} "
+                            "(0 <= overlap < tile)")
         if isinstance(model_input, pd.DataFrame):
             if "image" not in model_input.columns:
-                raise _bad(f"input needs an 'image' column, got columns {list(model_input.columns)}")
+                raise bad_input(f"input needs an 'image' column, got columns {list(model_input.columns)}")
             values = list(model_input["image"])
         elif isinstance(model_input, dict) and "image" in model_input:
             values = list(np.atleast_1d(np.asarray(model_input["image"], dtype=object)))
         else:
-            raise _bad(f"input must be a DataFrame with an 'image' column, got {type(model_input).__name__}")
+            raise bad_input(f"input must be a DataFrame with an 'image' column, got {type(model_input).__name__}")
         if not values:
-            raise _bad("no images in the request")
-        max_images = int(getattr(self, "max_images", DEFAULT_MAX_IMAGES))  # older pickles lack the attribute
+            raise bad_input("no images in the request")
+        max_images = int(getattr(self, "max_images", MAX_REQUEST_IMAGES))  # older pickles lack the attribute
         if len(values) > max_images:
-            raise _limit(f"{len(values)} images in one request, more than the limit of {max_images}")
-        images = [decode_image(v, max_bytes=self.max_bytes, max_pixels=self.max_pixels, where=f"image[{i}]")
+            raise over_limit(f"{len(values)} images in one request, more than the limit of {max_images}")
+        images = [payload_image(v, max_bytes=self.max_bytes, max_pixels=self.max_pixels, where=f"image[{i}]")
                   for i, v in enumerate(values)]  # validate every row before any work
         pixels = sum(a.shape[0] * a.shape[1] for a in images)
         max_request_pixels = int(getattr(self, "max_request_pixels", 2 * self.max_pixels))
         if pixels > max_request_pixels:
-            raise _limit(f"{pixels} input pixels in one request, more than the limit of {max_request_pixels}")
+            raise over_limit(f"{pixels} input pixels in one request, more than the limit of {max_request_pixels}")
         # `mlflow models serve` runs requests in a thread pool without admission control and keeps computing
         # after its timeout answers 504: bound both here (503 when busy, work stopped at the deadline)
-        if not _SLOTS.acquire(blocking=False):
-            raise ServingError(f"busy: {_MAX_CONCURRENT} request(s) in progress; retry later",
+        if not SLOTS.acquire(blocking=False):
+            raise ServingError(f"busy: {MAX_CONCURRENT} request(s) in progress; retry later",
                                error_code=TEMPORARILY_UNAVAILABLE)
         try:
-            deadline = time.monotonic() + _request_timeout()
+            deadline = time.monotonic() + request_timeout()
             rows = []
             for img in images:
                 try:
@@ -206,7 +128,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                     raise ServingError("request passed its deadline; its work was cancelled",
                                        error_code=DEADLINE_EXCEEDED) from e
                 except OTSError as e:
-                    raise _bad(str(e)) from e
+                    raise bad_input(str(e)) from e
                 except Exception as e:  # noqa: BLE001 - OOM & co: one line to the client, the trace to the log
                     import logging
 
@@ -217,5 +139,5 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
                 rows.append({"image": encode_b64(encode_png(out)), "height": int(out.shape[0]),
                              "width": int(out.shape[1])})
         finally:
-            _SLOTS.release()
+            SLOTS.release()
         return pd.DataFrame(rows, columns=["image", "height", "width"])
