@@ -30,7 +30,7 @@ from conftest import free_port, wait_http  # noqa: E402
 from test_serving import make_checkpoint  # noqa: E402
 
 from ots.imagewrite import encode_png  # noqa: E402
-from pipelines import serving_package  # noqa: E402
+from pipelines.serving.package import log_pyfunc_model  # noqa: E402
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     uri = f"sqlite:///{tmp}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
-        info = serving_package.log_pyfunc_model(make_checkpoint(tmp / "map.pt"), tile=8, overlap=2, device="cpu")
+        info = log_pyfunc_model(make_checkpoint(tmp / "map.pt"), tile=8, overlap=2, device="cpu")
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OTS_SERVE_DEVICE": "cpu", "PYTHONPATH": ROOT,
            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "30",

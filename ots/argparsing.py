@@ -1,5 +1,5 @@
 """The argument parser of every OTS command line (``ots`` and its verbs, ``python -m pipelines.serving``,
-``python -m pipelines.models``): ``--help`` states each option's default. Standard library only (it is imported
+``python -m pipelines.registry``): ``--help`` states each option's default. Standard library only (it is imported
 before any verb's heavy modules)."""
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ A checkpoint is a ``torch.save`` dict: the solver state (``map``, ``map_ema``, `
 ``map_config`` (the map's builder config, so the map is rebuilt without knowing the run's params layout), the
 run ``config`` (the params layout, for provenance only: nothing here reads it), ``extra`` and ``rng``.
 Sources are local paths or storage URIs (``file://``, ``s3://``); model-registry URIs are resolved by the
-pipelines (``python -m pipelines.models fetch``), never here. Named maps (``ots upscale -n NAME``, Real-ESRGAN's
+pipelines (``python -m pipelines.registry fetch``), never here. Named maps (``ots upscale -n NAME``, Real-ESRGAN's
 habit) are files ``NAME.pt`` / ``NAME.pth`` in one folder, ``$OTS_MODELS`` (default ``~/.cache/ots/models``), where
-``pipelines.models fetch`` puts registry models by default.
+``pipelines.registry fetch`` puts registry models by default.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def save_checkpoint(path: str | os.PathLike, solver: Any, config: dict | None = 
 
 def _not_a_file_hint(source: str) -> str:
     return (f"{source}: ots loads checkpoint files and storage URIs (a path, file://, s3://) only; for a "
-            f"model-registry URI or run id fetch the file first: python -m pipelines.models fetch {source} -o map.pt")
+            f"model-registry URI or run id fetch the file first: python -m pipelines.registry fetch {source} -o map.pt")
 
 
 def _read(source: str) -> bytes | str:
@@ -153,11 +153,11 @@ def named_map(name: str) -> Path:
     if not stem or "/" in stem or ":" in stem or stem.startswith("."):  # a path or a URI, not a name
         raise CheckpointError(f"-n/--model_name takes the name of a map in {folder}, got {name!r}: pass a file or "
                               f"storage URI with --model_path; fetch a registry model first: python -m "
-                              f"pipelines.models fetch {name} -n NAME")
+                              f"pipelines.registry fetch {name} -n NAME")
     for suffix in MAP_SUFFIXES:
         if (folder / f"{stem}{suffix}").is_file():
             return folder / f"{stem}{suffix}"
     known = sorted({p.stem for p in folder.glob("*") if p.suffix in MAP_SUFFIXES}) if folder.is_dir() else []
     raise CheckpointError(
         f"no map named {stem!r} in {folder} (${MODELS_ENV}; has: {', '.join(known) or 'none'}); put {stem}.pt "
-        f"there, or fetch a registry model into it: python -m pipelines.models fetch <registry URI> -n {stem}")
+        f"there, or fetch a registry model into it: python -m pipelines.registry fetch <registry URI> -n {stem}")

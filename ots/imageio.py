@@ -26,7 +26,8 @@ import numpy as np
 from ots.errors import DataError, InferenceError, one_line
 from ots.locations import not_regular
 
-# Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485): the same default here.
+# The decompression-bomb guard, every decoder's default ``max_pixels`` (a caller with a tighter input limit, such as
+# a server's, passes its own): Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485).
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION = 0x0112

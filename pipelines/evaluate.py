@@ -20,8 +20,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipelines.models import load_map
 from pipelines.params import section
+from pipelines.registry import load_map
 from pipelines.run_record import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
 from pipelines.stage import stage_main
 
@@ -81,7 +81,7 @@ def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     if p["max_images"]:
         pairs = pairs[: int(p["max_images"])]
     device = resolve_device(p["device"])
-    maps = {"ots": load_map(str(ckpt), device)}  # files, storage URIs or registry sources (pipelines.models)
+    maps = {"ots": load_map(str(ckpt), device)}  # files, storage URIs or registry sources (pipelines.registry)
     if gan_ckpt:
         maps["gan"] = load_map(str(gan_ckpt), device)
     tile = int(p["tile"]) or None

@@ -2,7 +2,7 @@
 
     python -m pipelines.register --params params.yaml
 
-Logs the :mod:`pipelines.serving` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
+Logs the :mod:`pipelines.serving.pyfunc` pyfunc (map checkpoint + tiling, ``serve:`` section) into the training run,
 registers a new version of ``register.model_name``, tags it with the evaluation metrics (``metric.<name>``),
 always points the alias ``register.challenger`` (``challenger``: the newest version, what `make demo` leaves to
 serve) at it, and moves the alias ``register.alias`` (``champion``: the version to serve in production) to it
@@ -180,7 +180,7 @@ def _metrics(reg: dict, run_id: str) -> dict[str, float]:
 
 def log_served_model(ckpt: str, run_id: str, serve: dict):
     """The serving pyfunc logged into the training run (mlflow's ModelInfo), models-from-code (no cloudpickle)."""
-    from pipelines.serving import log_pyfunc_model
+    from pipelines.serving.package import log_pyfunc_model
 
     return log_pyfunc_model(ckpt, "model", run_id=run_id, tile=int(serve["tile"]), overlap=int(serve["overlap"]),
                             max_pixels=int(serve["max_pixels"]), max_bytes=int(serve["max_bytes"]),

@@ -139,7 +139,8 @@ def stage_door(tmp: Path, case: tuple, monkeypatch, capsys) -> str:
 
 def http_door(body, srv=None) -> tuple[int, str]:
     """One POST /invocations to the built-in front's ASGI app, in-process: (status, the JSON message)."""
-    from pipelines.serving_http import BoundedUpscaleServer, ServeLimits
+    from pipelines.serving.app import BoundedUpscaleServer
+    from pipelines.serving.limits import ServeLimits
 
     srv = srv or BoundedUpscaleServer(Nearest(2), ServeLimits(max_images=2, max_bytes=4096, max_pixels=64 * 64,
                                                                memory_budget=256 << 20), tile=8, overlap=2)
@@ -164,8 +165,8 @@ class Served:
     def __init__(self, model=None, **limits):
         from mlflow.models import Model
 
-        from pipelines.serving_package import signature
-        from pipelines.serving_pyfunc import OTSUpscaler
+        from pipelines.serving.package import signature
+        from pipelines.serving.pyfunc import OTSUpscaler
 
         self.upscaler = OTSUpscaler(tile=8, overlap=2, device="cpu", max_images=2, max_bytes=4096,
                                     max_pixels=64 * 64, **limits)
@@ -369,7 +370,8 @@ class CpuOom(Nearest):
 
 def test_cpu_out_of_memory_is_503_at_both_servers():
     """#19.5: torch's CPU OOM ("can't allocate memory") is 503 (retry later) from both servers, not 500."""
-    from pipelines.serving_http import BoundedUpscaleServer, ServeLimits
+    from pipelines.serving.app import BoundedUpscaleServer
+    from pipelines.serving.limits import ServeLimits
 
     srv = BoundedUpscaleServer(CpuOom(2), ServeLimits(memory_budget=256 << 20), tile=8, overlap=2)
     status, message = http_door(split(b64(PNG), params={"tile": 0}), srv)

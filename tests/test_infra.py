@@ -352,7 +352,7 @@ def test_serving_manifest_validates_against_the_kubernetes_schemas():
     (pod,) = deploy["spec"]["template"]["spec"]["containers"]
     assert pod["image"] == _image() and pod["command"] == ["python", "-m", "pipelines.serving"]
     args = dict(zip(pod["args"][::2], pod["args"][1::2]))
-    source = (ROOT / "pipelines" / "serving.py").read_text()
+    source = (ROOT / "pipelines" / "serving" / "server.py").read_text()
     assert all(f'"{flag}"' in source for flag in args)  # flags the server's parser has
 
     port = pod["ports"][0]

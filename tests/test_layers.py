@@ -77,11 +77,11 @@ def test_the_library_never_imports_the_pipeline_stack(module):
 
 def test_the_scan_sees_lazy_and_importlib_imports(tmp_path, monkeypatch):
     src = ("import os\n\ndef f():\n    import mlflow.pyfunc\n    from ray import tune\n"
-           "    importlib.import_module('pipelines.models')\n    __import__('dvc')\n")
+           "    importlib.import_module('pipelines.registry')\n    __import__('dvc')\n")
     path = tmp_path / "probe.py"
     path.write_text(src)
     monkeypatch.setitem(MODULES, "ots.probe", path)
-    assert [n for n, _ in imports("ots.probe")] == ["os", "mlflow.pyfunc", "ray", "pipelines.models", "dvc"]
+    assert [n for n, _ in imports("ots.probe")] == ["os", "mlflow.pyfunc", "ray", "pipelines.registry", "dvc"]
     assert [n for n, _ in imports("ots.probe", top_level_only=True)] == ["os"]
 
 

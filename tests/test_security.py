@@ -90,7 +90,7 @@ def test_dvcignore_lists_env(tmp_path):
 
 
 def test_mlflow_model_code_copy_skips_env():
-    src = (REPO / "pipelines" / "serving_package.py").read_text()
+    src = (REPO / "pipelines" / "serving" / "package.py").read_text()
     assert '".env", ".env.*"' in src  # the copytree ignore list of log_pyfunc_model
 
 
@@ -137,7 +137,7 @@ def test_serving_errors_do_not_leak_tracking_password(tmp_path, monkeypatch):
     import mlflow
 
     from ots.errors import CheckpointError
-    from pipelines.serving import resolve_checkpoint
+    from pipelines.registry import resolve_checkpoint
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -25,7 +25,10 @@ import mlflow  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from ots.infer import encode_png, upscale_array  # noqa: E402
-from pipelines import models, serving  # noqa: E402
+from pipelines import registry  # noqa: E402
+from pipelines.serving.package import log_pyfunc_model, signature  # noqa: E402
+from pipelines.serving.payload import payload_image  # noqa: E402
+from pipelines.serving.pyfunc import OTSUpscaler  # noqa: E402
 
 MAP = {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4}
 POT = {"arch": "resnet", "crop": 32, "n_filters": 8, "max_filters": 16}
@@ -86,11 +89,11 @@ def test_served_model_requirements_cover_every_package_its_code_imports():
     from test_dvc import ROOT, import_closure
     from test_infra import _closure, _top_level_imports
 
-    from pipelines.serving_package import pip_requirements
+    from pipelines.serving.package import pip_requirements
 
     dists = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "cv2": "opencv-python-headless"}
     s3_only = {"boto3", "botocore"}  # ots.storage imports them for s3:// checkpoints; the model's is a local file
-    imported = _top_level_imports(ROOT / f for f in import_closure("pipelines.serving_model"))
+    imported = _top_level_imports(ROOT / f for f in import_closure("pipelines.serving.model"))
     imported -= set(sys.stdlib_module_names) | {"ots", "pipelines", "__future__"} | s3_only
     assert "torchvision" in imported  # the scan sees the lazy import in ots.imageio
     brought = _closure([Requirement(r) for r in pip_requirements()])
@@ -98,22 +101,22 @@ def test_served_model_requirements_cover_every_package_its_code_imports():
     assert not missing, f"the served model imports {missing} but its requirements do not bring them"
 
 
-def test_decode_image_validation():
+def test_payload_image_validation():
     png = encode_png(astronaut())
-    assert serving.decode_image(png).shape == (24, 20, 3)
-    assert serving.decode_image(base64.b64encode(png).decode()).shape == (24, 20, 3)
-    assert serving.decode_image(np.zeros((4, 5), np.uint16)).shape == (4, 5, 1)
+    assert payload_image(png).shape == (24, 20, 3)
+    assert payload_image(base64.b64encode(png).decode()).shape == (24, 20, 3)
+    assert payload_image(np.zeros((4, 5), np.uint16)).shape == (4, 5, 1)
     with pytest.raises(MlflowException, match="empty image"):
-        serving.decode_image(b"")
+        payload_image(b"")
     with pytest.raises(MlflowException, match="not a decodable image"):
-        serving.decode_image(b"hello, I am not a PNG")
+        payload_image(b"hello, I am not a PNG")
     with pytest.raises(MlflowException, match="more than the limit of 100"):
-        serving.decode_image(png, max_pixels=100)
+        payload_image(png, max_pixels=100)
     with pytest.raises(MlflowException, match="larger than the limit of 10 bytes"):
-        serving.decode_image(png, max_bytes=10)
+        payload_image(png, max_bytes=10)
     with pytest.raises(MlflowException, match="uint8 or uint16"):
-        serving.decode_image(np.zeros((4, 4, 3), np.float32))
-    err = pytest.raises(MlflowException, serving.decode_image, b"").value
+        payload_image(np.zeros((4, 4, 3), np.float32))
+    err = pytest.raises(MlflowException, payload_image, b"").value
     assert err.get_http_status_code() == 400
 
 
@@ -121,7 +124,7 @@ def test_python_model_predict_matches_direct_inference(checkpoint, direct_model)
     class Ctx:
         artifacts = {"checkpoint": str(checkpoint)}
 
-    m = serving.OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
+    m = OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
     m.load_context(Ctx())
     img = astronaut()
     gray16 = (np.arange(10 * 12, dtype=np.uint16).reshape(10, 12) * 500)
@@ -146,12 +149,13 @@ def test_one_base64_convention_for_both_servers(checkpoint, direct_model):
 
     from mlflow.pyfunc.scoring_server import _split_data_and_params, infer_and_parse_data, predictions_to_json
 
-    from pipelines.serving_http import BoundedUpscaleServer, ServeLimits, _HTTPError
+    from pipelines.serving.app import BoundedUpscaleServer, _HTTPError
+    from pipelines.serving.limits import ServeLimits
 
     class Ctx:
         artifacts = {"checkpoint": str(checkpoint)}
 
-    pyfunc = serving.OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
+    pyfunc = OTSUpscaler(tile=TILE, overlap=OVERLAP, device="cpu")
     pyfunc.load_context(Ctx())
     bounded = BoundedUpscaleServer(direct_model, ServeLimits(memory_budget=1 << 30), tile=TILE, overlap=OVERLAP)
 
@@ -160,7 +164,7 @@ def test_one_base64_convention_for_both_servers(checkpoint, direct_model):
         answers = []
         try:  # the pyfunc, as MLflow's scoring server calls it
             data, params = _split_data_and_params(body)
-            df = infer_and_parse_data(data, serving.signature(TILE, OVERLAP).inputs)
+            df = infer_and_parse_data(data, signature(TILE, OVERLAP).inputs)
             buf = io.StringIO()
             predictions_to_json(pyfunc.predict(None, df, params), buf)
             answers.append(json.loads(buf.getvalue())["predictions"])
@@ -219,7 +223,7 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     name = f"ots-serve-{uuid.uuid4().hex[:8]}"
     mlflow.set_experiment(f"serving-{uuid.uuid4().hex[:8]}")
     with mlflow.start_run() as run:
-        info = serving.log_pyfunc_model(checkpoint, tile=TILE, overlap=OVERLAP, max_pixels=MAX_PIXELS,
+        info = log_pyfunc_model(checkpoint, tile=TILE, overlap=OVERLAP, max_pixels=MAX_PIXELS,
                                         max_bytes=MAX_BYTES, device="cpu")
     client = mlflow.MlflowClient()
     mv = mlflow.register_model(info.model_uri, name)
@@ -231,22 +235,22 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     logged_reqs = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
     assert f"torchvision=={torchvision.__version__.split('+')[0]}" in logged_reqs, logged_reqs
 
-    # the pipelines' loader (registry alias, run id), then `ots upscale` on the file `pipelines.models fetch` wrote
+    # the pipelines' loader (registry alias, run id), then `ots upscale` on the file `pipelines.registry fetch` wrote
     x = torch.rand(1, 3, 8, 8) * 2 - 1
     ref = direct_model(x)
     for source in (uri, run.info.run_id):
-        torch.testing.assert_close(models.load_map(source)(x), ref)
+        torch.testing.assert_close(registry.load_map(source)(x), ref)
     from ots.cli import main as ots_main
     from ots.infer import read_image, write_image
 
     src = write_image(tmp_path / "in.png", astronaut())
     assert ots_main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", uri]) == 2  # files only
-    assert models.main(["fetch", uri, "-o", str(tmp_path / "map.pt")]) == 0
+    assert registry.main(["fetch", uri, "-o", str(tmp_path / "map.pt")]) == 0
     assert ots_main(["upscale", str(src), "-o", str(tmp_path / "up.png"), "--model", str(tmp_path / "map.pt"),
                      "--tile", str(TILE), "--overlap", str(OVERLAP), "--device", "cpu", "--no-progress"]) == 0
     np.testing.assert_array_equal(read_image(tmp_path / "up.png"),
                                   upscale_array(direct_model, astronaut(), tile=TILE, overlap=OVERLAP, device="cpu"))
-    assert models.main(["fetch", f"models:/{name}@nope", "-o", str(tmp_path / "y.pt")]) == 2
+    assert registry.main(["fetch", f"models:/{name}@nope", "-o", str(tmp_path / "y.pt")]) == 2
     assert not (tmp_path / "y.pt").exists()
 
     port = free_port()
@@ -324,7 +328,7 @@ def test_run_id_resolves_to_its_logged_model_from_another_experiment(checkpoint,
     mlflow.set_tracking_uri(mlflow_server)
     mlflow.set_experiment(f"serving-a-{uuid.uuid4().hex[:8]}")
     with mlflow.start_run() as run:
-        info = serving.log_pyfunc_model(checkpoint, device="cpu")
+        info = log_pyfunc_model(checkpoint, device="cpu")
         mlflow.log_artifact(str(checkpoint), artifact_path="checkpoints")  # the fallback would find this one
     mlflow.set_experiment(f"serving-b-{uuid.uuid4().hex[:8]}")  # resolving from elsewhere
-    assert models._run_model_uri(run.info.run_id) == f"models:/{info.model_id}"
+    assert registry._run_model_uri(run.info.run_id) == f"models:/{info.model_id}"

@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 SLOW_SERVER = """
 import sys, time, torch, torch.nn.functional as F
 from torch import nn
-from pipelines.serving import ServeLimits, serve
+from pipelines.serving.limits import ServeLimits
+from pipelines.serving.server import serve
 
 class Slow(nn.Module):
     scale = 2
@@ -232,15 +233,15 @@ def test_pyfunc_model_bounds_under_mlflow_serve(monkeypatch, tmp_path):
     from mlflow.exceptions import MlflowException
     from test_serving import make_checkpoint
 
-    from pipelines import serving_pyfunc as serving
+    from pipelines.serving import scoring_server
+    from pipelines.serving.pyfunc import OTSUpscaler
 
     ckpt = make_checkpoint(tmp_path / "map.pt")
 
     class Ctx:
         artifacts = {"checkpoint": str(ckpt)}
 
-    m = serving.OTSUpscaler(tile=16, overlap=4, device="cpu", max_images=2, max_pixels=32 * 32,
-                             max_request_pixels=1500)
+    m = OTSUpscaler(tile=16, overlap=4, device="cpu", max_images=2, max_pixels=32 * 32, max_request_pixels=1500)
     m.load_context(Ctx())
     png = encode_png(_png_b64(16, 16)[0])
     df = pd.DataFrame({"image": [png]})
@@ -254,12 +255,12 @@ def test_pyfunc_model_bounds_under_mlflow_serve(monkeypatch, tmp_path):
     assert code_of(lambda: m.predict(None, pd.DataFrame({"image": [png] * 3})))[0] == 429
     assert "input pixels in one request" in code_of(
         lambda: m.predict(None, pd.DataFrame({"image": [encode_png(_png_b64(32, 32)[0])] * 2})))[1]
-    assert serving._SLOTS.acquire(blocking=False)
+    assert scoring_server.SLOTS.acquire(blocking=False)
     try:
         status, msg = code_of(lambda: m.predict(None, df))
         assert status == 503 and "busy" in msg
     finally:
-        serving._SLOTS.release()
+        scoring_server.SLOTS.release()
     monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "0")
     status, msg = code_of(lambda: m.predict(None, df))
     assert status == 504 and "cancelled" in msg
@@ -282,17 +283,17 @@ def test_registered_model_is_code_not_a_pickle(tmp_path, monkeypatch):
     import yaml
     from test_serving import astronaut, make_checkpoint
 
-    from pipelines import serving
+    from pipelines.serving.package import log_pyfunc_model
 
     ckpt = make_checkpoint(tmp_path / "map.pt")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/m.db")
     mlflow.set_experiment("registered-model-code")  # not the active experiment id another test left behind
     try:
         with mlflow.start_run():
-            info = serving.log_pyfunc_model(ckpt, tile=16, overlap=4, max_pixels=48 * 48, device="cpu")
+            info = log_pyfunc_model(ckpt, tile=16, overlap=4, max_pixels=48 * 48, device="cpu")
         local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
         files = {p.name for p in local.rglob("*")}
-        assert "python_model.pkl" not in files and "serving_model.py" in files
+        assert "python_model.pkl" not in files and (local / "model.py").is_file()  # pipelines/serving/model.py
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
         assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
         assert flavor["config"]["tile"] == 16 and flavor["config"]["max_pixels"] == 48 * 48

@@ -210,7 +210,7 @@ def test_real_esrgan_defaults_and_named_maps(tmp_path, monkeypatch, spy, capsys)
 
 @pytest.mark.parametrize("argv, expected", [
     (["-n", "nope"], "no map named 'nope' in"),
-    (["-n", "models:/ots-sr@champion"], "python -m pipelines.models fetch models:/ots-sr@champion -n NAME"),
+    (["-n", "models:/ots-sr@champion"], "python -m pipelines.registry fetch models:/ots-sr@champion -n NAME"),
     (["-n", "ots-sr@challenger", "--model_path", "m.pt"], "not both"),
     ([], "no map given: --model_path FILE"),
     (["--tile_pad", "3", "--overlap", "4", "--model_path", "m.pt"], "--tile_pad P is --overlap 2P"),

@@ -60,7 +60,7 @@ def add_commands(sub) -> None:
                    metavar="FILE", help="the map: a checkpoint file or storage URI (file://, s3://)")
     p.add_argument("-n", "--model_name", "--model-name", dest="model_name", default=None,
                    metavar="NAME", help=f"a named map: NAME.pt in ${MODELS_ENV} (now {models_dir()}); put a "
-                                        "registry model there with: python -m pipelines.models fetch <URI> -n NAME")
+                                        "registry model there with: python -m pipelines.registry fetch <URI> -n NAME")
     p.add_argument("-s", "--outscale", type=float, default=None,
                    help="final upscaling factor (default: the map's); other values resize the map's output")
     p.add_argument("--suffix", default=DEFAULT_SUFFIX,

@@ -3,8 +3,8 @@
 The library (:mod:`ots`) loads files and storage URIs only; everything that knows MLflow's URI syntax is here.
 The tracking server comes from ``$MLFLOW_TRACKING_URI``. CLI::
 
-    python -m pipelines.models fetch models:/ots@champion -o map.pt
-    python -m pipelines.models fetch models:/ots@champion -n ots@champion   # then: ots upscale -n ots@champion
+    python -m pipelines.registry fetch models:/ots@champion -o map.pt
+    python -m pipelines.registry fetch models:/ots@champion -n ots@champion   # then: ots upscale -n ots@champion
 """
 
 from __future__ import annotations
@@ -153,13 +153,13 @@ def named_map_path(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.models fetch <source> -o map.pt``: one line on stderr and exit 2 on any error."""
+    """``python -m pipelines.registry fetch <source> -o map.pt``: one line on stderr and exit 2 on any error."""
     import sys
 
     from ots.argparsing import ArgumentParser
     from ots.errors import OTSError
 
-    ap = ArgumentParser(prog="python -m pipelines.models",
+    ap = ArgumentParser(prog="python -m pipelines.registry",
                         description="Registry models -> local checkpoint files that `ots` commands load.")
     sub = ap.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch", help="download the map checkpoint behind a registry URI or run id")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(fetch(args.source, args.output or named_map_path(args.name)))
     except (OTSError, MlflowException, OSError) as e:
-        print(f"models: error: {one_line(e)}", file=sys.stderr)
+        print(f"registry: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

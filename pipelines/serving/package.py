@@ -1,6 +1,7 @@
 """Packaging the served model: its signature, requirements and input example, and logging it to MLflow.
 
-The model itself (the pyfunc that runs in ``mlflow models serve``) is :mod:`pipelines.serving_pyfunc`.
+The model itself (the pyfunc that runs in ``mlflow models serve``) is :mod:`pipelines.serving.pyfunc`, logged as
+code: :mod:`pipelines.serving.model` (MLflow runs that file to load it) plus the ``ots`` and ``pipelines`` sources.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines.models import CHECKPOINT_ARTIFACT
-from pipelines.serving_payload import encode_b64
-from pipelines.serving_pyfunc import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from pipelines.registry import CHECKPOINT_ARTIFACT
+from pipelines.serving.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
+from pipelines.serving.payload import encode_b64
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def signature(tile: int = 256, overlap: int = 32):
@@ -26,7 +27,7 @@ def signature(tile: int = 256, overlap: int = 32):
 
     return ModelSignature(
         # string, not binary: MLflow would decode a binary column itself (no data-URI prefix) and re-encode
-        # answers with line breaks; serving_payload does both, the same way as the bounded server
+        # answers with line breaks; pipelines.serving.payload does both, the same way as the bounded server
         inputs=Schema([ColSpec("string", "image")]),
         outputs=Schema([ColSpec("string", "image"), ColSpec("long", "height"), ColSpec("long", "width")]),
         params=ParamSchema([ParamSpec("tile", "long", int(tile)), ParamSpec("overlap", "long", int(overlap))]),
@@ -52,10 +53,10 @@ def pip_requirements() -> list[str]:
 
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,
-                     overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
+                     overlap: int = 32, max_pixels: int = MAX_INPUT_PIXELS, max_bytes: int = MAX_INPUT_BYTES,
                      device: str = "auto", precision: str = "auto", include_code: bool = True,
                      registered_model_name: str | None = None, run_id: str | None = None):
-    """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``serving_model.py`` +
+    """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``pipelines/serving/model.py`` +
     ``model_config``), signature, input example, the ``ots`` and ``pipelines`` code -- into ``run_id`` (default:
     the active run, else a new one). Returns mlflow's ModelInfo."""
     from ots.errors import CheckpointError
@@ -68,9 +69,9 @@ def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
     load_map(ckpt)  # fail early (one line) on a checkpoint the server could not load
     kwargs = dict(
         name=name,
-        # models-from-code: the registry stores serving_model.py + this config, not a cloudpickle of the object,
+        # models-from-code: the registry stores model.py (this folder's) + this config, not a cloudpickle of the object,
         # so loading the model runs our reviewed source instead of unpickling bundled code
-        python_model=str(Path(__file__).with_name("serving_model.py")),
+        python_model=str(Path(__file__).with_name("model.py")),
         model_config={"tile": int(tile), "overlap": int(overlap), "max_pixels": int(max_pixels),
                       "max_bytes": int(max_bytes), "device": device, "precision": precision},
         artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},

@@ -3,7 +3,7 @@
 `mlflow models serve` runs every request in a thread pool of ~cpu+4 threads with no admission control, keeps
 computing after its 60 s timeout answers 504, echoes the request data (and, for unexpected errors, the stack
 trace) in error bodies and waits for busy threads on SIGTERM. `python -m pipelines.serving` serves the same
-payloads with those bounds:
+payloads with those bounds (:class:`pipelines.serving.limits.ServeLimits`):
   * admission: at most `max_concurrent` requests compute at once and their estimated peak memory
     (ots.memory.estimate_memory, from the image headers) stays within `memory_budget`; otherwise 503 + Retry-After;
   * per request: at most `max_images` images and `max_request_pixels` input pixels, a body of at most
@@ -16,36 +16,12 @@ payloads with those bounds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mlflow.exceptions import MlflowException
 
-from pipelines.serving_payload import decode_b64, encode_b64, max_b64_chars
-from pipelines.serving_pyfunc import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
+from pipelines.serving.limits import ServeLimits
+from pipelines.serving.payload import decode_b64, encode_b64, max_b64_chars, payload_image
 
-__all__ = ["BoundedUpscaleServer", "ServeLimits"]
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    max_concurrent: int = 2
-    max_images: int = 8
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image (LR pixels)
-    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS  # per request, all images together
-    max_bytes: int = DEFAULT_MAX_BYTES  # per encoded image
-    max_body_bytes: int = 64 * 1024 * 1024
-    memory_budget: int | None = None  # bytes; default: half of the memory available at start
-    timeout_s: float = 60.0
-
-    def validate(self) -> ServeLimits:
-        from ots.errors import ConfigError
-
-        for k in ("max_concurrent", "max_images", "max_pixels", "max_request_pixels", "max_bytes", "max_body_bytes"):
-            if int(getattr(self, k)) < 1:
-                raise ConfigError(f"serve limit {k} must be >= 1, got {getattr(self, k)}")
-        if self.timeout_s <= 0 or (self.memory_budget is not None and self.memory_budget <= 0):
-            raise ConfigError("serve timeout and memory budget must be positive")
-        return self
+__all__ = ["BoundedUpscaleServer"]
 
 
 class _HTTPError(Exception):
@@ -275,8 +251,8 @@ class BoundedUpscaleServer:
         rows = []
         for k, data in enumerate(images):
             try:
-                img = decode_image(data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
-                                   where=f"image[{k}]")
+                img = payload_image(data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
+                                    where=f"image[{k}]")
                 out = upscale_array(self.model, img, tile=tile or None, overlap=overlap, device=self.device,
                                     precision=self.precision, should_stop=stop)
             except Cancelled as e:

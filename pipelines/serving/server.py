@@ -1,7 +1,7 @@
 """`python -m pipelines.serving`: load a map (file or registry URI) and serve it with the bounded HTTP front.
 
-The served pyfunc (``mlflow models serve``) is :mod:`pipelines.serving_pyfunc`, the ASGI app
-:mod:`pipelines.serving_http`, registry URIs :mod:`pipelines.models`; their public names stay importable here.
+The ASGI app is :mod:`pipelines.serving.app`, its limits :mod:`pipelines.serving.limits`, registry URIs
+:mod:`pipelines.registry`; the served pyfunc (``mlflow models serve``) is :mod:`pipelines.serving.pyfunc`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 
 from ots.storage import redact_uri
-from pipelines.models import load_map, resolve_checkpoint
-from pipelines.serving_http import BoundedUpscaleServer, ServeLimits
-from pipelines.serving_package import log_pyfunc_model, signature
-from pipelines.serving_pyfunc import OTSUpscaler, decode_image
+from pipelines.registry import load_map
+from pipelines.serving.app import BoundedUpscaleServer
+from pipelines.serving.limits import ServeLimits
 
 
 def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: ServeLimits | None = None,
@@ -70,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from ots.errors import OTSError, one_line
 
     d = ServeLimits()
-    ap = ArgumentParser(description="Serve a trained map over HTTP with bounded work and memory.")
+    ap = ArgumentParser(prog="python -m pipelines.serving",
+                        description="Serve a trained map over HTTP with bounded work and memory.")
     ap.add_argument("--model", required=True, help="checkpoint file, runs:/..., run id or models:/<name>@<alias>")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5001)
@@ -98,18 +98,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = [
-    "BoundedUpscaleServer",
-    "OTSUpscaler",
-    "ServeLimits",
-    "decode_image",
-    "load_map",
-    "log_pyfunc_model",
-    "resolve_checkpoint",
-    "serve",
-    "signature",
-]
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+__all__ = ["main", "serve"]
