@@ -15,7 +15,7 @@ import inspect
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ots.costs import parse_cost_spec
+from ots.data.config import DataConfig
 from ots.errors import ConfigError
 
 __all__ = ["SOLVER_KINDS", "DataConfig", "GuardConfig", "MlflowConfig", "ModelConfig", "OTSConfig", "SolverConfig",
@@ -64,6 +64,8 @@ class SolverConfig:
         cfg = cls(**d)
         if cfg.kind not in SOLVER_KINDS:
             raise ConfigError(f"solver.kind must be one of {', '.join(SOLVER_KINDS)}, got {cfg.kind!r}")
+        from ots.costs import parse_cost_spec
+
         parse_cost_spec(cfg.cost)
         if cfg.k_T < 1:
             raise ConfigError(f"k_T must be >= 1, got {cfg.k_T}")
@@ -116,36 +118,6 @@ class ModelConfig:
                                   f"{', '.join(registry)}")
             check_keys(cfg, {"arch": "", **_constructor_defaults(registry[cfg["arch"]])}, f"model.{part}")
         return cls(map=dict(model["map"]), potential=dict(model["potential"]))
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The ``data:`` section: what ``prepare`` writes (the shard dataset ``output``) and from what."""
-
-    source: str = "demo"
-    photos: str | None = None
-    work_dir: str = "data/demo_src"
-    output: str = "data/demo"          # the dataset URI training reads unless train.dataset names another
-    manifest_copy: str | None = "data/manifest.json"
-    seed: int = 0
-    max_side: int = 1024               # with source=demo: photos downscaled to at most this many px
-    val_crop: int = 256                # with source=demo: centre crop of each validation photo
-    split: str = "regions"             # with source=demo: HR/LR domains from disjoint checkerboard cells
-    cell: int = 160                    # with source=demo and split=regions: cell size (HR px)
-    hr_tile: int = 480
-    lr_tile: int = 120
-    hr_crop: int = 128
-    lr_crop: int = 32
-    overlap: float = 0.25
-    shard_mb: float = 64
-    skip_invalid: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Any) -> DataConfig:
-        from ots.params_schema import check_keys, dataclass_defaults
-
-        check_keys(data, dataclass_defaults(cls), "data")
-        return cls(**{k: v for k, v in (data or {}).items() if v is not None or k in ("photos", "manifest_copy")})
 
 
 @dataclass(frozen=True)

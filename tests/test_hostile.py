@@ -130,7 +130,8 @@ def stage_door(tmp: Path, case: tuple, monkeypatch, capsys) -> str:
             node[key] = value
         path.write_text(yaml.safe_dump(doc))
     before = files_under(tmp)
-    module = importlib.import_module(f"pipelines.{stage}")
+    modules = {"train": "pipelines.train.driver", "baseline": "pipelines.train.gan", "tune": "pipelines.tune"}
+    module = importlib.import_module(modules.get(stage, f"pipelines.{stage}"))
     call = lambda: module.main(["--params", str(path)])  # noqa: E731
     rc = within(20, call, unblock=path) if change == "fifo" else call()  # the train stage sets signal handlers
     assert rc == 2 and files_under(tmp) == before
@@ -305,19 +306,23 @@ def test_hostile_input_is_one_line_and_writes_nothing(door, case, expected, tmp_
 
 def test_repo_params_files_pass_the_schema():
     """params.yaml and the shipped profiles are what the schema must accept."""
-    from pipelines import baseline, evaluate, prepare, register, train_config
+    from ots.data.config import DataConfig
+    from pipelines import evaluate, register
     from pipelines import params as params_file
+    from pipelines.train import gan as baseline
+    from pipelines.train.config import resolve
 
     root = Path(__file__).resolve().parents[1]
     for name in ("params.yaml", "configs/cpu-small.yaml", "infra/params.cluster.yaml", "configs/train_overrides.yaml"):
         doc = params_file.load_params(root / name)
-        for section, defaults in (("data", prepare.DEFAULTS), ("evaluate", evaluate.DEFAULTS),
+        DataConfig.from_dict(doc.get("data"), name)
+        for section, defaults in (("evaluate", evaluate.DEFAULTS),
                                   ("register", register.DEFAULTS), ("serve", register.SERVE_DEFAULTS)):
             params_file.section(doc, section, defaults, name)
         if "model" in doc:
-            train_config.check_params(doc)
+            resolve(doc)
         if "baseline" in doc:
-            train_config.check_params(baseline.baseline_params(doc))
+            resolve(baseline.baseline_params(doc))
 
 
 # ------------------------------------------------------------------------------------- the items of #19

@@ -169,7 +169,8 @@ def test_exported_map_is_the_ema_when_kept(tmp_path):
 def test_fit_writes_curves_grid_and_the_best_map(tiny_dataset, tmp_path):
     from ots.cli import main
 
-    params = {"seed": 0, "model": {"map": MODEL.map, "potential": MODEL.potential}, "solver": {"k_T": 1, "margin": 1, "ema": 0.5, "cost": {"mse": 10}},
+    params = {"seed": 0, "model": {"map": MODEL.map, "potential": MODEL.potential},
+              "solver": {"k_T": 1, "margin": 1, "ema": 0.5, "cost": {"mse": 10}},
               "train": {"batch_size": 2, "lr_crop": 8}}
     (tmp_path / "p.yaml").write_text(json.dumps(params))
     out = tmp_path / "fit"
