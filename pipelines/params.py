@@ -1,4 +1,5 @@
-"""Reading params files: the whole params.yaml (or an overrides file) and one section over its defaults."""
+"""Reading params files: the whole params.yaml (or an overrides file), one section over its defaults, and a
+training run's params typed once (:func:`run_config`)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ def deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def run_config(params: dict):
+    """A training run's params (``train``, ``train_gan``, a tune trial's base) as typed, checked configs
+    (:class:`ots.config.OTSConfig`), with ``train.overrides`` (e.g. the tune stage's best_params.yaml) deep-merged
+    first. The one check of those sections; paths stay as written."""
+    from ots.config import OTSConfig
+
+    params = {k: v for k, v in params.items() if k != "baseline"}  # the GAN's overrides: merged by its stage
+    train = params.get("train")
+    if isinstance(train, dict) and train.get("overrides"):
+        params = deep_merge(params, load_params(train["overrides"]))
+    return OTSConfig.from_params(params)

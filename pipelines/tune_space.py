@@ -82,12 +82,12 @@ class TuneConfig:
 
 def resolve_tune(params: dict) -> tuple[TuneConfig, dict]:
     """(the validated search config, the base params resolved for training: the point the search starts from)."""
-    from pipelines.train.config import resolve
+    from pipelines.params import run_config
 
     base = {k: copy.deepcopy(params[k]) for k in ("seed", "model", "solver", "train", "data") if k in params}
     if base.get("train") is None or isinstance(base["train"], dict):
         base["train"] = {**(base.get("train") or {}), "overrides": None}  # tune searches from params.yaml itself
-    base = resolve(base).to_params()  # checked once, defaults filled in: what every trial starts from
+    base = run_config(base).to_params()  # checked once, defaults filled in: what every trial starts from
     return TuneConfig.from_dict(params.get("tune") or {}, base), base
 
 
@@ -174,13 +174,13 @@ def check_space(space: Any, base: dict) -> dict:
                 raise ConfigError(f"tune.space.{key}: randint needs integers, got {args!r}")
         out[key] = (name, args)
     # Every bound / choice must give a valid training config (sizes, solver options, cost weights).
-    from pipelines.train.config import resolve
+    from pipelines.params import run_config
 
     for key, (name, args) in out.items():
         values = args if name == "choice" else ([args[0], args[1] - 1] if name == "randint" else args)
         for v in values:
             try:
-                resolve(apply_overrides(base, {key: v}))
+                run_config(apply_overrides(base, {key: v}))
             except ConfigError as e:
                 raise ConfigError(f"tune.space.{key}: value {v!r} is invalid: {e}") from None
     return out

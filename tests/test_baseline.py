@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ots.errors import ConfigError
-from pipelines.train.config import resolve
+from pipelines.params import run_config
 from pipelines.train.gan import baseline_params, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_repo_baseline_is_the_gan_on_the_same_budget():
     doc = yaml.safe_load((ROOT / "params.yaml").read_text())
-    ots, gan = resolve(doc).to_params(), resolve(baseline_params(doc)).to_params()
+    ots, gan = run_config(doc).to_params(), run_config(baseline_params(doc)).to_params()
     assert ots["solver"]["kind"] == "ots" and gan["solver"]["kind"] == "gan"
     assert gan["solver"]["betas"] == [0.5, 0.9] and gan["solver"]["gp"] > 0
     for key in ("steps", "batch_size", "lr_crop", "hr_crop", "dataset"):  # same data and budget

@@ -309,8 +309,8 @@ def test_repo_params_files_pass_the_schema():
     from ots.data.config import DataConfig
     from pipelines import evaluate, register
     from pipelines import params as params_file
+    from pipelines.params import run_config
     from pipelines.train import gan as baseline
-    from pipelines.train.config import resolve
 
     root = Path(__file__).resolve().parents[1]
     for name in ("params.yaml", "configs/cpu-small.yaml", "infra/params.cluster.yaml", "configs/train_overrides.yaml"):
@@ -320,9 +320,9 @@ def test_repo_params_files_pass_the_schema():
                                   ("register", register.DEFAULTS), ("serve", register.SERVE_DEFAULTS)):
             params_file.section(doc, section, defaults, name)
         if "model" in doc:
-            resolve(doc)
+            run_config(doc)
         if "baseline" in doc:
-            resolve(baseline.baseline_params(doc))
+            run_config(baseline.baseline_params(doc))
 
 
 # ------------------------------------------------------------------------------------- the items of #19

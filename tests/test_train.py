@@ -18,8 +18,8 @@ import yaml
 
 from pipelines import mlflow_access, raywire
 from pipelines import params as params_file
+from pipelines.params import run_config
 from pipelines.train import driver as train
-from pipelines.train.config import resolve
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -91,7 +91,7 @@ def test_common_helpers(tmp_path, monkeypatch):
 
 def test_repo_params_and_dvc_stage():
     root = Path(__file__).resolve().parents[1]
-    params = resolve(params_file.load_params(root / "params.yaml")).to_params()
+    params = run_config(params_file.load_params(root / "params.yaml")).to_params()
     assert params["train"]["dataset"] == params["data"]["output"]
     stage = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]
     assert stage["cmd"] == "python -m pipelines.train --params params.yaml"
@@ -143,12 +143,12 @@ def test_new_data_under_the_same_output_is_never_resumed(tmp_path, tiny_dataset,
     monkeypatch.setattr(train, "_fit", killed)
     for _ in range(2):
         with pytest.raises(KeyboardInterrupt):
-            train.run(resolve(params))
+            train.run(run_config(params))
     assert seen[0] == seen[1]  # same data, same config: resumed
     build_shards(make_aim19(tmp_path / "aim19"), str(ds), cfg=ShardConfig(**TINY, shard_bytes=40_000),
                  extra={"source": "demo", "seed": 1}, progress=False)  # `prepare` with data.seed: 1, same output
     with pytest.raises(KeyboardInterrupt):
-        train.run(resolve(params))
+        train.run(run_config(params))
     client = MlflowClient(uri)
     old, new = client.get_run(seen[0]), client.get_run(seen[2])
     assert seen[2] != seen[0] and old.data.tags["ots.superseded_by"] == seen[2]
@@ -495,7 +495,7 @@ def test_two_nodes_one_worker_each_with_s3_checkpoints(tmp_path, tiny_dataset, s
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         params = make_params(tmp_path, tiny_dataset, uri, steps=4, num_workers=2, image_every=0,
                              storage_path=f"s3://{bucket}/ray")
-        summary = train.run(resolve(params))
+        summary = train.run(run_config(params))
         assert summary["steps"] == 4 and summary["num_workers"] == 2
         assert len(set(summary["worker_nodes"])) == 2  # one worker per node
         assert set(summary["worker_nodes"]) == {n["NodeID"] for n in nodes}

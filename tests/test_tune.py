@@ -14,7 +14,7 @@ import yaml
 from ots.errors import ConfigError
 from pipelines import params as params_file
 from pipelines import raywire, tune, tune_space, tune_trial
-from pipelines.train.config import resolve
+from pipelines.params import run_config
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -141,12 +141,12 @@ def test_train_consumes_overrides(tmp_path):
     params = make_params(tmp_path, "ds", "sqlite:///x.db")
     params["solver"]["cost"] = {"mse": 1.0, "l1": 0.5}
     params["train"]["overrides"] = str(over)
-    r = resolve(params).to_params()
+    r = run_config(params).to_params()
     assert r["solver"]["lr_map"] == 2e-4 and r["solver"]["k_T"] == 2
     assert r["solver"]["cost"] == {"mse": 3.0, "l1": 0.5} and r["train"]["batch_size"] == 4
     params["train"]["overrides"] = str(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="cannot read params"):
-        resolve(params).to_params()
+        run_config(params).to_params()
 
 
 # -- Ray ------------------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
     # the train stage consumes it
     tp = make_params(tmp_path, tiny_dataset, mlflow_server)
     tp["train"]["overrides"] = str(out / "best_params.yaml")
-    assert resolve(tp).to_params()["solver"]["lr_map"] == best["solver"]["lr_map"]
+    assert run_config(tp).to_params()["solver"]["lr_map"] == best["solver"]["lr_map"]
 
     # MLflow: one parent, one child per trial with its params and metric history
     client = MlflowClient(mlflow_server)

@@ -35,7 +35,6 @@ from ots.config import OTSConfig
 from ots.errors import NonFiniteLossError, OTSError
 from pipelines.cluster import JOB_OUTPUT_ENV, publish
 from pipelines.raywire import init_ray  # before anything imports ray: it sets Ray's loopback switch
-from pipelines.train.config import absolute
 from pipelines.train.stage import _on_term, stage
 from pipelines.train.worker import CKPT, train_loop
 
@@ -58,7 +57,8 @@ def run(config: OTSConfig, fresh: bool = False) -> dict:
     from pipelines.raywire import probe_storage, ray_storage
     from pipelines.train import resume
 
-    config = absolute(config)
+    config = config.replace(train={"dataset": _abs_local(config.train.dataset),  # workers may run elsewhere
+                                   "output_dir": str(Path(config.train.output_dir).resolve())})
     train = config.train
     fresh = fresh or train.fresh
     dataset = open_dataset(train.dataset, verify=False)  # fail early, on the driver, with one line
@@ -98,6 +98,10 @@ def run(config: OTSConfig, fresh: bool = False) -> dict:
         raise
     finally:
         client.set_terminated(run_id, status)
+
+
+def _abs_local(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def _open_run(client, exp_id: str, config: OTSConfig, params: dict, plan, chash: str, storage_path: str,

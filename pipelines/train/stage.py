@@ -8,7 +8,7 @@ import os
 import signal
 
 from pipelines.cluster import job_server, submit
-from pipelines.train.config import resolve
+from pipelines.params import run_config
 
 _SIGNALLED: list[int] = []  # the signals ``_on_term`` received
 
@@ -33,7 +33,7 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     flags, rest = pre.parse_known_args(argv)
 
     def train_or_submit(doc_: dict, path: str) -> dict:
-        config = resolve(make_params(doc_))  # the one check of this run's params
+        config = run_config(make_params(doc_))  # the one check of this run's params
         address = job_server(config.train)
         if address:
             return submit(module, path, config.train, address, fresh=flags.fresh, stage=name)
