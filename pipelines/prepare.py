@@ -2,9 +2,9 @@
 
     python -m pipelines.prepare --params params.yaml
 
-Reads the ``data:`` section of params.yaml (:class:`ots.config.DataConfig`). The output may be a local folder or ``s3://bucket/prefix``
-(endpoint and credentials from the environment). A local copy of the committed manifest is written to
-``data.manifest_copy`` for DVC to track.
+Reads the ``data:`` section of params.yaml (:class:`ots.data.config.DataConfig`). The output may be a local folder
+or ``s3://bucket/prefix`` (endpoint and credentials from the environment). A local copy of the committed manifest
+is written to ``data.manifest_copy`` for DVC to track.
 """
 
 from __future__ import annotations

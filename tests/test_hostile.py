@@ -313,7 +313,8 @@ def test_repo_params_files_pass_the_schema():
     from pipelines.train import gan as baseline
 
     root = Path(__file__).resolve().parents[1]
-    for name in ("params.yaml", "configs/cpu-small.yaml", "infra/params.cluster.yaml", "configs/train_overrides.yaml"):
+    for name in ("params.yaml", "configs/cpu-small.yaml", "configs/gpu-study.yaml", "infra/params.cluster.yaml",
+                 "configs/train_overrides.yaml"):
         doc = params_file.load_params(root / name)
         DataConfig.from_dict(doc.get("data"), name)
         for section, defaults in (("evaluate", evaluate.DEFAULTS),
