@@ -207,6 +207,6 @@ def fit(params: dict, dataset: str, out: str | Path, steps: int | None = None, t
 
 
 def unwrap_map(solver) -> torch.nn.Module:
-    from ots.costs import unwrap
+    from ots.models.wrapping import unwrap
 
     return unwrap(solver.T)

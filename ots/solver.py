@@ -15,8 +15,8 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from ots.costs import unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
+from ots.models.wrapping import unwrap
 from ots.solver_config import SolverConfig
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch

@@ -161,7 +161,7 @@ class TrainWorker:
     def run(self) -> dict | None:
         import torch
 
-        from ots.costs import unwrap
+        from ots.models.wrapping import unwrap
         from pipelines.tracking import Throughput
 
         train, target = self.train, int(self.train["steps"])

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ots.data.shards import ShardConfig, build_shards, open_dataset
+from ots.data.shard_reader import open_dataset
+from ots.data.shards import ShardConfig, build_shards
 from ots.data.sources import decode_rgb8, scan_aim19
 from ots.errors import DataError
 from ots.imageio import decode_image as decode_any
-from ots.imageio import to_rgb8
-from ots.infer import encode_png, read_image
+from ots.imageio import read_image, to_rgb8
+from ots.imagewrite import encode_png
 
 
 def _flip(p: Path) -> None:

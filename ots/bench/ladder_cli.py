@@ -54,7 +54,7 @@ def _csv(text: str, allowed, what: str) -> list[str]:
 def load_recipe(path: str, sets: list[str]) -> dict:
     import yaml
 
-    from ots.commands.fit import apply_set_args
+    from ots.dotted import apply_set_args
 
     try:
         params = yaml.safe_load(Path(path).read_text())

@@ -100,7 +100,7 @@ class CropStream(IterableDataset):
     # -- data ---------------------------------------------------------------------------------------
     def _dataset(self):
         if self._ds is None:
-            from ots.data.shards import open_dataset
+            from ots.data.shard_reader import open_dataset
 
             self._ds = open_dataset(self.dataset_uri, verify=False, storage_options=self.storage_options)
             if not self._ds.shards("train", self.domain):

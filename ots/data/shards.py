@@ -16,7 +16,7 @@ the commit, files not listed in the manifest are removed. Rerunning on the same 
 byte-identical shards and manifest and skips the work only when the manifest already matches *and* every shard
 still has its recorded sha256 (a damaged shard is rewritten by the rerun). A shard holds at most ``shard_bytes``
 raw pixel bytes -- a huge image's tiles span several shards -- unless one row alone is larger (a whole
-validation image cannot be split). Reading is :mod:`ots.data.shard_reader` (its names stay importable here).
+validation image cannot be split). Reading is :mod:`ots.data.shard_reader`.
 """
 
 from __future__ import annotations
@@ -31,18 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ots.data.shard_reader import (  # noqa: F401 - the reader's names stay importable from here
-    FORMAT,
-    MANIFEST,
-    SCHEMA,
-    SHARD_DIR,
-    Dataset,
-    open_dataset,
-    read_manifest,
-    read_val_pairs,
-    sha256,
-    table_images,
-)
+from ots.data.shard_reader import FORMAT, MANIFEST, SCHEMA, SHARD_DIR, read_manifest, sha256
 from ots.errors import DataError, StorageError
 from ots.storage import Store, open_store
 

@@ -44,7 +44,7 @@ def _prepare(args) -> int:
 
 
 def _info(args) -> int:
-    from ots.data.shards import open_dataset
+    from ots.data.shard_reader import open_dataset
 
     ds = open_dataset(args.uri, verify=not args.no_verify)
     m = ds.manifest
