@@ -48,7 +48,8 @@ def _not_a_file_hint(source: str) -> str:
 
 def _read(source: str) -> bytes | str:
     """A local path (returned as a path) or the bytes behind a storage URI."""
-    from ots.storage import open_store, parse_uri
+    from ots.locations import parse_uri
+    from ots.storage import open_store
 
     try:
         loc = parse_uri(source)

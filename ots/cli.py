@@ -1,4 +1,4 @@
-"""`ots` command line: dispatches each verb to its CLI module (`ots.commands.*`, `ots.data.cli`, `ots.bench`).
+"""`ots` command line: dispatches each verb to its CLI module (`ots.commands.*`, `ots.bench`).
 
 Only the module of the verb being run is imported (torch and friends take seconds to import): `ots --help`
 and `ots --version` import nothing heavy, and `python -m ots` runs from a bare source tree (e.g. on a GPU box
@@ -21,7 +21,7 @@ COMMANDS = {
     "info": ("ots.commands.info", "parameter counts of the map and potential (reference sizes by default)"),
     "bench": ("ots.bench", "benchmarks (JSON output)"),
     "upscale": ("ots.commands.upscale", "upscale images with a trained map (any size, tiled)"),
-    "data": ("ots.data.cli", "datasets: demo set, Parquet shards, inspection"),
+    "data": ("ots.commands.data", "datasets: demo set, Parquet shards, inspection"),
     "evaluate": ("ots.commands.evaluate", "PSNR/SSIM/LPIPS/FID/SWD of bicubic vs trained maps on the val pairs"),
     "fit": ("ots.commands.fit", "train in one process (no Ray/MLflow) with val SWD/PSNR curves vs bicubic"),
     "curves": ("ots.commands.fit", "plot the val SWD/PSNR curves of several `ots fit` runs in one figure"),

@@ -16,6 +16,7 @@ from torch import nn
 
 from ots.errors import ConfigError
 from ots.models.edsr import bicubic
+from ots.models.wrapping import unwrap
 from ots.weights import RANDOM, load_state_dict, resolve_weights
 
 
@@ -195,13 +196,3 @@ class ReferenceMap(nn.Module):
             self.set_anchor(map_module, self.anchored_at)
             self.anchor.load_state_dict(state["anchor"])
 
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module under DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(module, "module") and isinstance(module.module, nn.Module):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module

@@ -2,6 +2,8 @@
 
 import re
 
+from ots.redaction import redact_uri
+
 
 class OTSError(Exception):
     """A user-facing error: the message is one line that says what is wrong and where."""
@@ -39,8 +41,6 @@ def one_line(error: BaseException | str, limit: int | None = None) -> str:
     """The message every door prints for ``error``: one line (whitespace collapsed), credentials in URIs
     masked, no object reprs (Pillow names its buffer ``<_io.BytesIO object at 0x…>``), optionally cut at
     ``limit`` characters. Used as ``print(f"{door}: error: {one_line(e)}")``."""
-    from ots.locations import redact_uri  # locations imports this module: import at call time
-
     text = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", " ".join(str(error).split())).strip()
     text = redact_uri(text)
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

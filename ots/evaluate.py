@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ots.device import resolve_device
 from ots.errors import ConfigError
 from ots.infer import upscale_array
-from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, model_scale, resolve_device
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, model_scale
 
 Pair = tuple[str, np.ndarray, np.ndarray]  # (name, LR uint8 HWC, HR uint8 HWC)
 

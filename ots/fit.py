@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ots.config import OTSConfig
-from ots.costs import unwrap
 from ots.errors import NonFiniteLossError
+from ots.models.wrapping import unwrap
 
 
 def plot_curves(path: str | Path, curves: dict[str, dict], title: str = "") -> None:

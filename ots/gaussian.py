@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ots.config import SolverConfig
+from ots.linalg import sqrtm_psd
 from ots.models.mlp import MLPMap, MLPPotential
 from ots.solver import SOLVERS
 
@@ -29,12 +30,6 @@ _PURPOSE = {"train": 1, "eval": 2}
 def stream_seed(seed: int, purpose: str) -> int:
     """Seed of a sample stream; streams of different purposes never coincide, whatever the two seeds are."""
     return int(np.random.SeedSequence([int(seed), _PURPOSE[purpose]]).generate_state(1)[0])
-
-
-def sqrtm_psd(m: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (eigendecomposition: stable, real)."""
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 @dataclass

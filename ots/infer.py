@@ -7,7 +7,7 @@ Post-process: clamp to [-1, 1], back to the input's bit depth and channel layout
 
 Entry points: :func:`upscale_array` (numpy HWC uint8/uint16 in and out -- the pyfunc-friendly one),
 :func:`upscale_files` (paths/folders -> image files). Image I/O is :mod:`ots.imageio`, memory admission
-:mod:`ots.memory`, checkpoints :mod:`ots.checkpoint`; their names stay importable from here. The CLI is
+:mod:`ots.memory`, checkpoints :mod:`ots.checkpoint`, image files out :mod:`ots.imagewrite`. The CLI is
 :mod:`ots.commands.upscale`, its benchmark :mod:`ots.bench.infer`.
 """
 
@@ -22,46 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ots.checkpoint import load_map
 from ots.errors import ConfigError, InferenceError, OTSError, one_line
 from ots.imageio import IMAGE_SUFFIXES, probe_file, read_image, to_depth8
-from ots.imagewrite import encode_png, write_image
-from ots.memory import available_memory, check_memory, estimate_memory
-from ots.tiling import (
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE,
-    Cancelled,
-    model_scale,
-    resolve_device,
-    resolve_precision,
-    tile_starts,
-    upscale_tensor,
-)
+from ots.imagewrite import write_image
+from ots.memory import check_memory
+from ots.tiling import model_scale, upscale_tensor
 
-__all__ = [
-    "DEFAULT_EXT",
-    "DEFAULT_OVERLAP",
-    "DEFAULT_SUFFIX",
-    "DEFAULT_TILE",
-    "Cancelled",
-    "available_memory",
-    "check_memory",
-    "check_writable",
-    "collect_inputs",
-    "encode_png",
-    "estimate_memory",
-    "load_map",
-    "model_scale",
-    "output_paths",
-    "read_image",
-    "resolve_device",
-    "resolve_precision",
-    "tile_starts",
-    "upscale_array",
-    "upscale_files",
-    "upscale_tensor",
-    "write_image",
-]
+__all__ = ["DEFAULT_EXT", "DEFAULT_SUFFIX", "check_writable", "collect_inputs", "output_paths", "upscale_array",
+           "upscale_files"]
 
 
 # ------------------------------------------------------------------------------------------- numpy images

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ots.config import ModelConfig, SolverConfig
-from ots.costs import unwrap
 from ots.errors import CheckpointError, ConfigError, NonFiniteLossError, one_line
+from ots.models.wrapping import unwrap
 
 Batches = Callable[[], torch.Tensor]  # each call returns a fresh batch
 

@@ -1,6 +1,6 @@
 """Reading and writing objects in one storage location (local folder or S3), with one-line errors.
 
-Locations are named as in :mod:`ots.locations` (its names stay importable here). ``open_store(uri)`` returns a
+Locations are named as in :mod:`ots.locations`. ``open_store(uri)`` returns a
 :class:`Store` rooted at that location. Data I/O goes through ``pyarrow.fs``; boto3 (imported lazily) only where
 pyarrow lacks something (bucket checks and creation). S3 endpoint, region and credentials come from the
 environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
@@ -26,10 +26,10 @@ import pyarrow.fs as pafs
 
 from ots.atomic import atomic_path
 from ots.errors import StorageError, one_line
-from ots.locations import Location, join_uri, not_regular, parse_uri, redact_uri
+from ots.locations import join_uri, not_regular, parse_uri
+from ots.redaction import redact_uri
 
-__all__ = ["Location", "Store", "parse_uri", "open_store", "join_uri", "redact_uri", "DEFAULT_ATTEMPTS",
-           "LONG_RUN_ATTEMPTS"]
+__all__ = ["Store", "open_store", "DEFAULT_ATTEMPTS", "LONG_RUN_ATTEMPTS"]
 
 DEFAULT_ATTEMPTS = 3  # data I/O of short stages
 LONG_RUN_ATTEMPTS = 10  # checkpoint I/O of long runs: ride out throttling and transient endpoint errors

@@ -18,13 +18,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ots.device import resolve_device
 from ots.errors import ConfigError, InferenceError
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
 
-__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "Cancelled", "check_tiling", "model_scale", "resolve_device",
-           "resolve_precision", "tile_starts", "upscale_tensor"]
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE", "Cancelled", "check_tiling", "model_scale", "resolve_precision",
+           "tile_starts", "upscale_tensor"]
 
 
 class Cancelled(InferenceError):
@@ -32,18 +33,6 @@ class Cancelled(InferenceError):
 
 
 # --------------------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"bad device {device!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -76,7 +76,8 @@ def submit(module: str, params_path: str, train: TrainConfig, address: str, fres
            stage: str = "train") -> dict:
     """Run ``python -m module --params params_path`` as a Ray job at ``address``; returns the run summary
     (``run.json``, written to ``train.output_dir`` with the checkpoints next to it)."""
-    from ots.locations import join_uri, redact_uri
+    from ots.locations import join_uri
+    from ots.redaction import redact_uri
     from pipelines.mlflow_access import resolve_tracking_uri
     from pipelines.raywire import ray_storage
 

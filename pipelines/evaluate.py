@@ -56,10 +56,10 @@ DEFAULTS = {
 
 def run(doc: dict, params_path: str | Path = "params.yaml") -> dict:
     from ots.data import read_val_pairs
+    from ots.device import resolve_device
     from ots.errors import ConfigError
     from ots.eval_report import markdown_table, write_report
     from ots.evaluate import score_outputs, upscale_pairs
-    from ots.infer import resolve_device
 
     p = section(doc, "evaluate", DEFAULTS, params_path)
     data = doc.get("data") or {}

@@ -21,7 +21,7 @@ def is_secret_key(key: str) -> bool:
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     """Nested dict -> {"a.b.c": "value"} (strings), dropping keys that look like credentials and masking
     credentials inside URI values (``user:password@`` -> ``user:***@``)."""
-    from ots.storage import redact_uri
+    from ots.redaction import redact_uri
 
     out: dict[str, str] = {}
     if isinstance(d, dict):
@@ -52,7 +52,7 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 def no_credential_links(tracking_uri: str) -> None:
     """MLflow prints "View run at <tracking URI>" links when runs end: never with a password in them."""
-    from ots.storage import redact_uri
+    from ots.redaction import redact_uri
 
     if redact_uri(tracking_uri) != tracking_uri:
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from ots.atomic import atomic_path
 from ots.errors import CheckpointError, one_line
-from ots.storage import redact_uri
+from ots.redaction import redact_uri
 
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc artifact key that holds the map checkpoint
 _RUN_ID = re.compile(r"[0-9a-f]{32}")

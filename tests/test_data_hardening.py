@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ots.data.shards import ShardConfig, build_shards, open_dataset
+from ots.data.shard_reader import open_dataset
+from ots.data.shards import ShardConfig, build_shards
 from ots.data.sources import decode_rgb8, scan_aim19
 from ots.errors import DataError
 from ots.imageio import decode_image as decode_any
-from ots.imageio import to_rgb8
-from ots.infer import encode_png, read_image
+from ots.imageio import read_image, to_rgb8
+from ots.imagewrite import encode_png
 
 
 def _flip(p: Path) -> None:
@@ -38,10 +39,11 @@ def test_rerun_repairs_same_size_bit_rot(aim19_dir, tiny_cfg, tmp_path):
 
 
 def test_prepare_stage_rerun_repairs(aim19_dir, tmp_path, monkeypatch, capsys):
-    from pipelines.prepare import DEFAULTS, run
+    from ots.data.config import DataConfig
+    from pipelines.prepare import run
 
-    params = {**DEFAULTS, "source": str(aim19_dir), "output": str(tmp_path / "ds"), "manifest_copy": None,
-              "hr_tile": 96, "lr_tile": 24, "hr_crop": 64, "lr_crop": 16, "shard_mb": 0.04}
+    params = DataConfig(source=str(aim19_dir), output=str(tmp_path / "ds"), manifest_copy=None, hr_tile=96, lr_tile=24,
+                        hr_crop=64, lr_crop=16, shard_mb=0.04)
     m = run(params, progress=False)
     _flip(tmp_path / "ds" / m["shards"][0]["name"])
     capsys.readouterr()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ots.data.loader import CropStream
-from ots.data.shards import ShardConfig, build_shards, open_dataset
+from ots.data.shard_reader import open_dataset
+from ots.data.shards import ShardConfig, build_shards
 from ots.errors import DataError
 
 
@@ -97,7 +98,7 @@ def test_dataloader_workers_keep_batch_order(ds_uri):
 
 
 def test_bench_function_reports_both_paths(aim19_dir, tiny_cfg, tmp_path):
-    from ots.data.bench import run_data_bench
+    from ots.bench.data import run_data_bench
 
     build_shards(aim19_dir, str(tmp_path / "ds"), cfg=tiny_cfg, progress=False)
     r = run_data_bench(str(tmp_path / "ds"), str(aim19_dir), crop=64, batch=16, shard_crops=320, png_crops=32)

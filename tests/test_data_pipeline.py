@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ots.data.demo import build_demo
-from ots.data.shards import open_dataset
+from ots.data.shard_reader import open_dataset
 from ots.data.sources import load_rgb8, scan_aim19
 from ots.errors import DataError
 
@@ -148,10 +148,10 @@ def test_prepare_stage_s3(aim19_dir, tmp_path, s3_env, capsys):
 
 
 def test_cli_verbs(aim19_dir, tmp_path, capsys):
-    from ots.data import cli
+    from ots.commands import data
 
     parser = argparse.ArgumentParser()
-    cli.add_commands(parser.add_subparsers(dest="command"))
+    data.add_commands(parser.add_subparsers(dest="command"))
     out = str(tmp_path / "ds")
     args = parser.parse_args(["data", "prepare", "--source", str(aim19_dir), "--out", out, "--hr-tile", "96",
                               "--lr-tile", "24", "--hr-crop", "64", "--lr-crop", "16"])

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ots.data.shards import build_shards, open_dataset, read_val_pairs
+from ots.data.shard_reader import open_dataset, read_val_pairs
+from ots.data.shards import build_shards
 from ots.data.sources import load_rgb8, scan_aim19
 from ots.errors import DataError
 

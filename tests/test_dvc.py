@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 STAGE_MODULES = {("dvc.yaml", "prepare"): "pipelines.prepare", ("dvc.yaml", "train"): "pipelines.train",
                  ("dvc.yaml", "train_gan"): "pipelines.train.gan",
                  ("dvc.yaml", "evaluate"): "pipelines.evaluate", ("dvc.yaml", "register"): "pipelines.register",
-                 ("pipelines/optional/dvc.yaml", "tune"): "pipelines.tune"}
+                 ("pipelines/optional/dvc.yaml", "tune"): "pipelines.tune.__main__"}
 
 
 def _module_file(name: str) -> Path | None:

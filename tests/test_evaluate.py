@@ -135,7 +135,7 @@ def test_cli_evaluate_writes_reports(dataset, ckpt, tmp_path, no_weights, capsys
     assert (out / "metrics.md").read_text() in capsys.readouterr().out
     csv = (out / "per_image.csv").read_text().splitlines()
     assert csv[0] == "image,bicubic_psnr,bicubic_ssim,ots_psnr,ots_ssim,gan_psnr,gan_ssim" and len(csv) == 3
-    from ots.infer import read_image
+    from ots.imageio import read_image
 
     assert read_image(out / "grid.png").shape == (16 + 2 * 64 + 3 * 4, 5 * 64 + 6 * 4, 3)
     assert not list(out.glob(".*tmp*"))

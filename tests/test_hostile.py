@@ -24,7 +24,8 @@ import torch
 import yaml
 from test_infer import Nearest
 
-import ots.infer as infer
+import ots.commands.upscale as upscale_cmd
+from ots.dotted import set_dotted
 from ots.imagewrite import encode_png
 
 PNG = encode_png(np.random.default_rng(0).integers(0, 256, (12, 10, 3)).astype(np.uint8))
@@ -78,7 +79,7 @@ def cli_door(tmp: Path, case: str, monkeypatch, capsys) -> str:
             state["map_config"] = {**TINY_MAP, "n_features": 10**6 if case == "checkpoint absurd" else 12}
             torch.save(state, ckpt)
     else:
-        monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": Nearest(2))
+        monkeypatch.setattr(upscale_cmd, "load_map", lambda path, device="cpu": Nearest(2))
         if case == "fifo":
             src.unlink()
             os.mkfifo(src)
@@ -111,6 +112,9 @@ STAGE_PARAMS = {"data": {"output": "data/demo"}, "model": {"map": TINY_MAP, "pot
     "train": {"lr_crop": 8, "hr_crop": 32, "overrides": None}}
 
 
+STAGE_DOORS = {"tune": "pipelines.tune.driver", "train": "pipelines.train.driver", "baseline": "pipelines.train.gan"}
+
+
 def stage_door(tmp: Path, case: tuple, monkeypatch, capsys) -> str:
     """A DVC stage's ``main(["--params", file])`` with one bad value; returns the error line (exit code 2)."""
     import importlib
@@ -123,15 +127,10 @@ def stage_door(tmp: Path, case: tuple, monkeypatch, capsys) -> str:
     else:
         doc = json.loads(json.dumps(STAGE_PARAMS))
         for dotted, value in change.items():
-            *parents, key = dotted.split(".")
-            node = doc
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[key] = value
+            set_dotted(doc, dotted, value)
         path.write_text(yaml.safe_dump(doc))
     before = files_under(tmp)
-    modules = {"train": "pipelines.train.driver", "baseline": "pipelines.train.gan", "tune": "pipelines.tune"}
-    module = importlib.import_module(modules.get(stage, f"pipelines.{stage}"))
+    module = importlib.import_module(STAGE_DOORS.get(stage, f"pipelines.{stage}"))
     call = lambda: module.main(["--params", str(path)])  # noqa: E731
     rc = within(20, call, unblock=path) if change == "fifo" else call()  # the train stage sets signal handlers
     assert rc == 2 and files_under(tmp) == before
@@ -357,7 +356,7 @@ def test_exif_orientation_is_applied_at_every_door(tmp_path, monkeypatch):
     assert np.array_equal(decode_rgb8(data), upright)
     src = tmp_path / "phone.jpg"
     src.write_bytes(data)
-    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": Nearest(2))
+    monkeypatch.setattr(upscale_cmd, "load_map", lambda path, device="cpu": Nearest(2))
     assert main(["upscale", str(src), "-o", str(tmp_path / "up.png"), "--checkpoint", "x.pt", "--no-progress"]) == 0
     assert np.abs(read_image(tmp_path / "up.png").astype(int) - want).max() <= 1
     status, body = http_door(split(b64(data)))

@@ -13,19 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ots.infer as infer
+import ots.commands.upscale as upscale_cmd
 from ots.cli import main
 from ots.errors import ConfigError, InferenceError
-from ots.imageio import png_bit_depth
-from ots.infer import (
-    encode_png,
-    read_image,
-    tile_starts,
-    upscale_array,
-    upscale_files,
-    upscale_tensor,
-    write_image,
-)
+from ots.imageio import png_bit_depth, read_image
+from ots.imagewrite import encode_png, write_image
+from ots.infer import upscale_array, upscale_files
+from ots.tiling import tile_starts, upscale_tensor
 
 
 class TinySR(nn.Module):
@@ -182,7 +176,7 @@ def test_upscale_files_from_a_folder(tmp_path):
 
 def test_cli_upscale_and_one_line_errors(tmp_path, monkeypatch, capsys):
     model = TinySR(2)
-    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": model)
+    monkeypatch.setattr(upscale_cmd, "load_map", lambda path, device="cpu": model)
     img = tmp_path / "lr.png"
     write_image(img, _rand_image(20, 24, 3))
     out = tmp_path / "sr.png"
@@ -232,7 +226,7 @@ def test_cli_upscale_from_a_real_checkpoint(tmp_path, capsys):
     model = EDSR(**{k: v for k, v in cfg.items() if k != "arch"})
     nn.init.normal_(model.tail.weight, std=0.05)
     ckpt = tmp_path / "map.pt"
-    torch.save({"map": model.state_dict(), "config": {"model": {"map": cfg}}}, ckpt)  # ots.solver's layout
+    torch.save({"map": model.state_dict(), "map_config": cfg}, ckpt)  # the checkpoint layout load_map reads
     src = tmp_path / "in"
     write_image(src / "a.png", _rand_image(12, 10, 3))
     rc = main(["upscale", str(src), "-o", str(tmp_path / "out"), "--checkpoint", str(ckpt), "--tile", "0",

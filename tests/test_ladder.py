@@ -179,8 +179,8 @@ def test_probe_sees_a_colour_cast(ladder_inputs):
 
     from ots.bench.ladder import build_rung
     from ots.bench.probe import probe_rung
-    from ots.commands.fit import apply_set_args
     from ots.config import OTSConfig
+    from ots.dotted import apply_set_args
 
     data = build_rung("cast", str(ladder_inputs / "photos"), ladder_inputs / "work", max_side=256, val_crop=128,
                       cell=128)

@@ -2,7 +2,8 @@
 and a module over 300 lines says why in its docstring.
 
 Static (AST) checks of every module under ots/ and pipelines/: top-level and lazy (in-function) imports,
-``importlib.import_module("...")`` and ``__import__("...")`` with a literal name.
+``importlib.import_module("...")`` and ``__import__("...")`` with a literal name -- all of them, in the layer and
+in the cycle checks alike.
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def test_the_scan_sees_lazy_and_importlib_imports(tmp_path, monkeypatch):
 
 
 def _graph() -> dict[str, set[str]]:
-    """Top-level import edges between our modules (a package import also runs its __init__)."""
+    """Import edges between our modules, lazy (in-function) and importlib imports included: a cycle hidden behind
+    a function-level import still ties the two modules together (a package import also runs its __init__)."""
     graph = {m: set() for m in MODULES}
     for m in MODULES:
-        for name, _ in imports(m, top_level_only=True):
+        for name, _ in imports(m):
             while name and name not in MODULES:
                 name = name.rpartition(".")[0]
             if name and name != m:
@@ -122,6 +124,18 @@ def test_no_import_cycles():
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]  # it can fail
     cycles = find_cycles(_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_lazy_imports(tmp_path, monkeypatch):
+    """A cycle closed only by function-level imports (``from``, plain and importlib) is still a cycle."""
+    (tmp_path / "a.py").write_text("def f():\n    from ots.probe_b import g\n")
+    (tmp_path / "b.py").write_text("import os\n\ndef g():\n    importlib.import_module('ots.probe_a')\n")
+    (tmp_path / "c.py").write_text("def h():\n    import ots.probe_a\n")
+    for name in ("a", "b", "c"):
+        monkeypatch.setitem(MODULES, f"ots.probe_{name}", tmp_path / f"{name}.py")
+    graph = _graph()
+    assert graph["ots.probe_a"] == {"ots.probe_b"} and graph["ots.probe_c"] == {"ots.probe_a"}
+    assert ["ots.probe_a", "ots.probe_b", "ots.probe_a"] in find_cycles(graph)
 
 
 def test_arrows_point_down_only():

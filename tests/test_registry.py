@@ -88,8 +88,8 @@ def test_fetch_of_a_missing_alias_says_so_and_lists_the_aliases(registered, tmp_
 
 
 def test_the_library_refuses_registry_uris_and_names_the_command(tmp_path, capsys):
+    from ots.checkpoint import load_map
     from ots.cli import main as ots_main
-    from ots.infer import load_map
 
     for source in ("models:/ots@champion", "runs:/0123456789abcdef0123456789abcdef/model"):
         with pytest.raises(CheckpointError, match=r"python -m pipelines\.registry fetch .* -o map\.pt"):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ots.errors import StorageError
-from ots.storage import open_store, redact_uri
+from ots.redaction import redact_uri
+from ots.storage import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-s3cr3t"

@@ -24,7 +24,8 @@ pytest.importorskip("mlflow")
 import mlflow  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from ots.infer import encode_png, upscale_array  # noqa: E402
+from ots.imagewrite import encode_png  # noqa: E402
+from ots.infer import upscale_array  # noqa: E402
 from pipelines import registry  # noqa: E402
 from pipelines.serving.package import log_pyfunc_model, signature  # noqa: E402
 from pipelines.serving.payload import payload_image  # noqa: E402
@@ -241,7 +242,8 @@ def test_registered_champion_is_served_and_rejects_bad_payloads(checkpoint, dire
     for source in (uri, run.info.run_id):
         torch.testing.assert_close(registry.load_map(source)(x), ref)
     from ots.cli import main as ots_main
-    from ots.infer import read_image, write_image
+    from ots.imageio import read_image
+    from ots.imagewrite import write_image
 
     src = write_image(tmp_path / "in.png", astronaut())
     assert ots_main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--model", uri]) == 2  # files only

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ots.infer import encode_png
+from ots.imagewrite import encode_png
 
 pytest.importorskip("uvicorn")
 

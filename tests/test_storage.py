@@ -4,7 +4,8 @@ import uuid
 import pytest
 
 from ots.errors import OTSError, StorageError
-from ots.storage import join_uri, open_store, parse_uri
+from ots.locations import join_uri, parse_uri
+from ots.storage import open_store
 
 
 def test_parse_uri_forms(tmp_path):

@@ -13,8 +13,9 @@ import yaml
 
 from ots.errors import ConfigError
 from pipelines import params as params_file
-from pipelines import raywire, tune, tune_space, tune_trial
+from pipelines import raywire
 from pipelines.params import run_config
+from pipelines.tune import driver, space, trial
 
 TINY_MODEL = {
     "map": {"arch": "edsr", "n_blocks": 1, "n_features": 8, "scale": 4, "bicubic_skip": True},
@@ -59,7 +60,7 @@ def write(tmp_path: Path, params: dict) -> str:
 def test_repo_params_and_dvc_stage():
     root = Path(__file__).resolve().parents[1]
     params = params_file.load_params(root / "params.yaml")
-    t, base = tune_space.resolve_tune(params)
+    t, base = space.resolve_tune(params)
     searched = {"solver.lr_map", "solver.lr_potential", "solver.k_T", "solver.anchor_every", "train.batch_size"}
     assert searched <= set(t.space) and t.space_spec()["solver.k_T"] == {"choice": [3, 5, 10]}
     assert base["train"]["overrides"] is None  # the search starts from params.yaml, not from a previous result
@@ -80,7 +81,7 @@ def test_repo_params_and_dvc_stage():
 ])
 def test_bad_space_is_a_one_line_error(tmp_path, capsys, space, message):
     path = write(tmp_path, make_params(tmp_path, "nowhere", f"sqlite:///{tmp_path}/m.db", space=space))
-    assert tune.main(["--params", path]) == 2
+    assert driver.main(["--params", path]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tune: error:") and message in err and "\n" not in err
 
@@ -92,11 +93,11 @@ def test_tune_defaults_live_in_one_place():
     root = Path(__file__).resolve().parents[1]
     section = params_file.load_params(root / "params.yaml")["tune"]
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(tune_space.TuneConfig) if f.name != "space"}
+                for f in dataclasses.fields(space.TuneConfig) if f.name != "space"}
     assert "space" in section
     repeated = {k: v for k, v in section.items() if k != "space" and defaults.get(k) == v}
     assert not repeated, f"params.yaml repeats TuneConfig defaults: {repeated}"
-    assert not hasattr(tune, "TUNE_DEFAULTS") and not hasattr(tune_space, "TUNE_DEFAULTS")
+    assert not hasattr(driver, "TUNE_DEFAULTS") and not hasattr(space, "TUNE_DEFAULTS")
 
 
 def test_trials_build_through_build_solver_and_use_no_private_helpers():
@@ -104,34 +105,34 @@ def test_trials_build_through_build_solver_and_use_no_private_helpers():
     the tune modules import no `_private` name from another module."""
     import ast
 
-    root = Path(__file__).resolve().parents[1] / "pipelines"
-    tree = ast.parse((root / "tune_trial.py").read_text())
+    root = Path(__file__).resolve().parents[1] / "pipelines" / "tune"
+    tree = ast.parse((root / "trial.py").read_text())
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "build_solver" in names
     assert not names & {"build_map", "build_potential", "WeightedCost", "ReferenceMap", "OTSSolver", "SOLVERS"}
-    for name in ("tune_trial.py", "tune_space.py", "tune_report.py"):
+    for name in ("trial.py", "space.py", "report.py"):
         for node in ast.walk(ast.parse((root / name).read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert not [a.name for a in node.names if a.name.startswith("_")], (name, node.module)
-    for name in ("tune.py", "tune_trial.py", "tune_space.py", "tune_report.py"):
-        assert len((root / name).read_text().splitlines()) < 300, name
+    for path in root.glob("*.py"):
+        assert len(path.read_text().splitlines()) < 300, path.name
 
 
 def test_unpaired_val_crops(tiny_dataset):
-    lr, hr, source = tune_trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
+    lr, hr, source = trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
     assert source == "val" and lr.shape == (5, 3, 8, 8) and hr.shape == (5, 3, 32, 32)
     assert float(lr.min()) >= -1 and float(lr.max()) <= 1
-    again, _, _ = tune_trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
+    again, _, _ = trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
     assert (again == lr).all()  # fixed: the same crops for every trial
 
 
 def test_unknown_tune_key_and_missing_dataset(tmp_path, capsys):
     params = make_params(tmp_path, str(tmp_path / "nothing"), f"sqlite:///{tmp_path}/m.db", bogus=1)
-    assert tune.main(["--params", write(tmp_path, params)]) == 2
+    assert driver.main(["--params", write(tmp_path, params)]) == 2
     assert "unknown key 'tune.bogus'" in capsys.readouterr().err
     del params["tune"]["bogus"]
-    assert tune.main(["--params", write(tmp_path, params)]) == 2
+    assert driver.main(["--params", write(tmp_path, params)]) == 2
     assert capsys.readouterr().err.startswith("tune: error:")
 
 
@@ -163,7 +164,7 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
                  configure_logging=False, log_to_driver=False)
     try:
         params = make_params(tmp_path, tiny_dataset, mlflow_server)
-        assert tune.main(["--params", write(tmp_path, params)]) == 0
+        assert driver.main(["--params", write(tmp_path, params)]) == 0
     finally:
         ray.shutdown()
     out = tmp_path / "out"
@@ -181,7 +182,7 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
     assert set(best["train"]) == {"batch_size"} and set(best["solver"]["cost"]) == {"mse"}
     winner = min(trials, key=lambda t: t["last"])
     assert results["best"]["trial_id"] == winner["trial_id"] and results["best"]["value"] == winner["last"]
-    assert tune_space.nest(winner["config"]) == best
+    assert space.nest(winner["config"]) == best
     assert (out / "metric_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the train stage consumes it
@@ -214,15 +215,15 @@ def test_tune_trials_mlflow_and_best_params(tmp_path, tiny_dataset, mlflow_serve
 
 # -- deployment fixes: device, resource names, s3:// storage ---------------------------------------------------
 def test_trial_resources_keep_custom_names():
-    assert tune_space.trial_resources({"cpu": 2, "GPU": 1, "node_A": 1, "accelerator_type:H100": 0.001}) == {
+    assert space.trial_resources({"cpu": 2, "GPU": 1, "node_A": 1, "accelerator_type:H100": 0.001}) == {
         "CPU": 2.0, "GPU": 1.0, "node_A": 1.0, "accelerator_type:H100": 0.001}
     with pytest.raises(ConfigError, match="given twice"):
-        tune_space.trial_resources({"cpu": 1, "CPU": 2})
+        space.trial_resources({"cpu": 1, "CPU": 2})
     with pytest.raises(ConfigError, match="resources_per_trial must be a mapping"):
-        tune_space.trial_resources({"CPU": -1})
-    assert tune_trial.trial_device({"CPU": 1.0, "GPU": 1.0}) == "cuda"
-    assert tune_trial.trial_device({"CPU": 1.0, "GPU": 0.25}) == "cuda"  # a fractional GPU is still a GPU
-    assert tune_trial.trial_device({"CPU": 1.0}) == "cpu"
+        space.trial_resources({"CPU": -1})
+    assert trial.trial_device({"CPU": 1.0, "GPU": 1.0}) == "cuda"
+    assert trial.trial_device({"CPU": 1.0, "GPU": 0.25}) == "cuda"  # a fractional GPU is still a GPU
+    assert trial.trial_device({"CPU": 1.0}) == "cpu"
 
 
 def test_trial_trains_on_the_reserved_gpu(tmp_path, tiny_dataset):
@@ -231,11 +232,11 @@ def test_trial_trains_on_the_reserved_gpu(tmp_path, tiny_dataset):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: test_tune_on_s3_storage_with_custom_resources covers the CUDA path")
-    cfg, base = tune_space.resolve_tune(make_params(tmp_path, tiny_dataset, "sqlite:///x.db", max_steps=2))
-    ctx = tune_trial.TrialContext(params=base, tune=cfg, metric="swd",
-                                  resources=tune_space.trial_resources({"CPU": 1, "GPU": 1}))
+    cfg, base = space.resolve_tune(make_params(tmp_path, tiny_dataset, "sqlite:///x.db", max_steps=2))
+    ctx = trial.TrialContext(params=base, tune=cfg, metric="swd",
+                                  resources=space.trial_resources({"CPU": 1, "GPU": 1}))
     with pytest.raises(ConfigError, match="reserves a GPU but the trial sees no CUDA device"):
-        tune_trial.run_trial({}, ctx)
+        trial.run_trial({}, ctx)
 
 
 @pytest.mark.slow
@@ -261,7 +262,7 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
     ray.init(address="local", num_cpus=2, num_gpus=1 if gpu else 0, resources={"ots_Slot": 2},
              include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
     try:
-        assert tune.main(["--params", write(tmp_path, params)]) == 0
+        assert driver.main(["--params", write(tmp_path, params)]) == 0
     finally:
         ray.shutdown()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -275,7 +276,7 @@ def test_tune_on_s3_storage_with_custom_resources(tmp_path, tiny_dataset, s3_env
 
 def test_trial_errors_become_the_exception_line():
     """A trial's remote traceback is reported by its exception line (credentials in URIs masked)."""
-    from pipelines.tune_report import error_line
+    from pipelines.tune.report import error_line
 
     remote = ("Failure # 1 (occurred at 2026-11-26_19-00-00)\nTraceback (most recent call last):\n"
               '  File "x.py", line 1, in f\n    raise ConfigError(msg)\n'

@@ -16,9 +16,12 @@ import pytest
 from test_data_hardening import bomb_png
 from test_infer import Nearest
 
+import ots.commands.upscale as upscale_cmd
 import ots.infer as infer
 from ots.cli import COMMANDS, build_parser, main
-from ots.infer import estimate_memory, read_image, write_image
+from ots.imageio import read_image
+from ots.imagewrite import write_image
+from ots.memory import estimate_memory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +33,7 @@ def _img(h=8, w=10, c=3, seed=0):
 @pytest.fixture
 def model(monkeypatch):
     m = Nearest(2)
-    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": m)
+    monkeypatch.setattr(upscale_cmd, "load_map", lambda path, device="cpu": m)
     return m
 
 
@@ -102,7 +105,7 @@ def test_unwritable_output_fails_before_loading_or_compute(tmp_path, monkeypatch
     def no_load(*a, **k):
         raise AssertionError("model loaded although the output cannot be written")
 
-    monkeypatch.setattr(infer, "load_map", no_load)
+    monkeypatch.setattr(upscale_cmd, "load_map", no_load)
     src = write_image(tmp_path / "a.png", _img())
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
@@ -174,7 +177,7 @@ def test_lazy_help_lines_match_the_modules():
 def spy(monkeypatch):
     """Records what the CLI hands the engine: the map file it loads and upscale_files' keyword arguments."""
     seen = {}
-    monkeypatch.setattr(infer, "load_map", lambda path, device="cpu": seen.__setitem__("map", path) or Nearest(2))
+    monkeypatch.setattr(upscale_cmd, "load_map", lambda path, device="cpu": seen.__setitem__("map", path) or Nearest(2))
     real = infer.upscale_files
 
     def upscale_files(model, files, output, **kw):

@@ -4,13 +4,12 @@
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON output)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from ots.bench import env, gaussian, infer, ladder_cli, report, train_cli
-    from ots.data import bench as data_bench
+    from ots.bench import data, env, gaussian, infer, ladder_cli, report, train_cli
 
     gaussian.add_bench_command(bsub)
     ladder_cli.add_bench_command(bsub)
     train_cli.add_bench_command(bsub)
-    data_bench.add_bench_command(bsub)
+    data.add_bench_command(bsub)
     infer.add_bench_command(bsub)
     env.add_bench_command(bsub)
     report.add_bench_command(bsub)

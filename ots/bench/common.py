@@ -9,7 +9,7 @@ import resource
 
 import torch
 
-from ots.atomic import write_text  # noqa: F401 - the benchmarks import it from here
+from ots.atomic import write_text
 from ots.errors import one_line
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets. Keys are matched as

@@ -17,8 +17,9 @@ from torch import nn
 
 from ots.bench.common import device_name, first_line, peak_memory, reset_peak_memory, sync, write_json
 from ots.checkpoint import load_map
+from ots.device import resolve_device
 from ots.errors import ConfigError
-from ots.tiling import DEFAULT_OVERLAP, resolve_device, resolve_precision, tile_starts, upscale_tensor
+from ots.tiling import DEFAULT_OVERLAP, resolve_precision, tile_starts, upscale_tensor
 
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # --smoke: every code path at toy sizes on the CPU (seconds); compiled runs use the `aot_eager` backend.

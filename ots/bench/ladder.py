@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ots.data.config import DataConfig
 from ots.data.degradations import DEGRADATIONS, get_degradation
 from ots.errors import ConfigError
 
@@ -65,8 +66,8 @@ def method_params(params: dict, method: str) -> dict:
     return p
 
 
-def build_rung(rung: str, photos: str, work: str | Path, max_side: int = 1024, val_crop: int = 256,
-               cell: int = 160, progress: bool = False) -> RungData:
+def build_rung(rung: str, photos: str, work: str | Path, max_side: int = DataConfig.max_side,
+               val_crop: int = DataConfig.val_crop, cell: int = DataConfig.cell, progress: bool = False) -> RungData:
     """The rung's AIM19-layout folder and shards under ``work/<rung>`` (reused when built with the same inputs)."""
     from ots.data.demo import build_demo
     from ots.data.shards import build_shards

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ots.bench.ladder import METHODS, RUNGS, LadderJob, build_rung, reference_scores, run_job, summarise
+from ots.data.config import DataConfig
 from ots.errors import ConfigError
 
 DEFAULT_PHOTOS = "data/photos"  # what `make photoset` (`ots data photos --out data/photos`) gathers
@@ -32,9 +33,11 @@ def add_bench_command(bench_sub) -> None:
     p.add_argument("--params", default="params.yaml", help="the recipe: model, solver, train and baseline sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set solver.k_T=3 (YAML value)")
-    p.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to at most this many px")
-    p.add_argument("--val-crop", type=int, default=256, help="centre crop of each held-out val photo (HR px)")
-    p.add_argument("--cell", type=int, default=160, help="checkerboard cell size (HR px)")
+    p.add_argument("--max-side", type=int, default=DataConfig.max_side,
+                   help="photos are downscaled to at most this many px")
+    p.add_argument("--val-crop", type=int, default=DataConfig.val_crop,
+                   help="centre crop of each held-out val photo (HR px)")
+    p.add_argument("--cell", type=int, default=DataConfig.cell, help="checkerboard cell size (HR px)")
     p.add_argument("--work", default="outputs/ladder", help="rung data, checkpoints and curves")
     p.add_argument("--out", default="bench/ladder.json", help="the JSON; the figure and grids go beside it")
     p.add_argument("--probe", action="store_true",
@@ -54,7 +57,7 @@ def _csv(text: str, allowed, what: str) -> list[str]:
 def load_recipe(path: str, sets: list[str]) -> dict:
     import yaml
 
-    from ots.commands.fit import apply_set_args
+    from ots.dotted import apply_set_args
 
     try:
         params = yaml.safe_load(Path(path).read_text())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ots.bench.common import write_json, write_text
+from ots.atomic import write_text
+from ots.bench.common import write_json
 from ots.errors import ConfigError
 
 TRAIN_FILES = ("train_b8_fp32.json", "train_b32_bf16.json", "train_b32_bf16_compiled.json")

@@ -8,14 +8,8 @@ import time
 
 import torch
 
-from ots.bench.common import (
-    ISSUE_GFLOP_PER_HR_CROP,
-    bf16_peak_tflops,
-    device_name,
-    first_line,
-    write_json,
-    write_text,
-)
+from ots.atomic import write_text
+from ots.bench.common import ISSUE_GFLOP_PER_HR_CROP, bf16_peak_tflops, device_name, first_line, write_json
 from ots.bench.train import COMPILE_MODES, SMOKE, count_flops, run_loop
 from ots.errors import ConfigError
 from ots.models import build_map, build_potential, check_sizes, count_params

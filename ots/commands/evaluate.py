@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ots.checkpoint import load_map
 from ots.commands.upscale import add_tiling_args
+from ots.device import resolve_device
 from ots.errors import ConfigError
 from ots.eval_report import markdown_table, write_report
 from ots.evaluate import score_outputs, upscale_pairs
-from ots.tiling import DEFAULT_OVERLAP, resolve_device
+from ots.tiling import DEFAULT_OVERLAP
 
 __all__ = ["add_commands"]
 

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from ots.config import OTSConfig
+from ots.dotted import apply_set_args
 from ots.errors import ConfigError
 from ots.fit import fit, plot_curves
 
-__all__ = ["add_commands", "apply_set_args"]
+__all__ = ["add_commands"]
 
 
 def add_commands(sub) -> None:
@@ -51,31 +52,6 @@ def _cmd_curves(args) -> int:
                      "last_psnr": round(last.get("ema_psnr", last["psnr"]), 2)})
     print(json.dumps(rows, indent=1))
     return 0
-
-
-def apply_set_args(params: dict, pairs: list[str]) -> dict:
-    import yaml
-
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        node = params
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = _scalar(yaml.safe_load(value))
-    return params
-
-
-def _scalar(v):
-    """YAML 1.1 reads `1e-4` as a string; a number is meant."""
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
 
 
 def _cmd_fit(args) -> int:

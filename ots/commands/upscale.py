@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from ots import infer
-from ots.checkpoint import MODELS_ENV, models_dir, named_map
+from ots.checkpoint import MODELS_ENV, load_map, models_dir, named_map
+from ots.device import resolve_device
 from ots.errors import ConfigError, InferenceError, one_line
 from ots.infer import DEFAULT_EXT, DEFAULT_SUFFIX, check_writable, collect_inputs, output_paths
-from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, resolve_device, resolve_precision
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, check_tiling, resolve_precision
 
 __all__ = ["DEFAULT_INPUT", "DEFAULT_OUTPUT", "add_commands", "add_tiling_args"]
 
@@ -132,7 +133,7 @@ def _cmd_upscale(args) -> int:
     device = resolve_device(f"cuda:{args.gpu_id}" if args.gpu_id is not None else args.device)
     precision = "fp32" if args.fp32 else args.precision
     resolve_precision(precision, device)
-    model = infer.load_map(checkpoint, device=str(device))
+    model = load_map(checkpoint, device=str(device))
 
     def report(path, err) -> None:
         print(f"ots: error: {one_line(err)}", file=sys.stderr, flush=True)

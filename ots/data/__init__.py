@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "open_dataset": "ots.data.shards",
-    "Dataset": "ots.data.shards",
+    "open_dataset": "ots.data.shard_reader",
+    "Dataset": "ots.data.shard_reader",
     "ShardConfig": "ots.data.shards",
     "build_shards": "ots.data.shards",
-    "read_val_pairs": "ots.data.shards",
+    "read_val_pairs": "ots.data.shard_reader",
     "prepare_dataset": "ots.data.shards",
     "CropStream": "ots.data.loader",
     "scan_aim19": "ots.data.sources",

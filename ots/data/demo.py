@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ots.data.config import DataConfig
 from ots.data.degradations import get_degradation
 from ots.data.sources import IMAGE_EXTS, SCALE, decode_rgb8, list_files
 from ots.errors import DataError
@@ -106,11 +107,11 @@ def build_demo(
     out_dir: str | Path,
     photos: str | Path | None = None,
     seed: int = 0,
-    max_side: int = 1024,
-    val_crop: int = 256,
+    max_side: int = DataConfig.max_side,
+    val_crop: int = DataConfig.val_crop,
     progress: bool = True,
-    split: str = "regions",
-    cell: int = 160,
+    split: str = DataConfig.split,
+    cell: int = DataConfig.cell,
     degradation: str = "mix",
 ) -> dict:
     """Build (or reuse, if already built with the same inputs) an AIM19-layout demo folder.

@@ -16,7 +16,7 @@ the commit, files not listed in the manifest are removed. Rerunning on the same 
 byte-identical shards and manifest and skips the work only when the manifest already matches *and* every shard
 still has its recorded sha256 (a damaged shard is rewritten by the rerun). A shard holds at most ``shard_bytes``
 raw pixel bytes -- a huge image's tiles span several shards -- unless one row alone is larger (a whole
-validation image cannot be split). Reading is :mod:`ots.data.shard_reader` (its names stay importable here).
+validation image cannot be split). Reading is :mod:`ots.data.shard_reader`.
 """
 
 from __future__ import annotations
@@ -31,30 +31,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ots.data.shard_reader import (  # noqa: F401 - the reader's names stay importable from here
-    FORMAT,
-    MANIFEST,
-    SCHEMA,
-    SHARD_DIR,
-    Dataset,
-    open_dataset,
-    read_manifest,
-    read_val_pairs,
-    sha256,
-    table_images,
-)
+from ots.data.config import DataConfig
+from ots.data.shard_reader import FORMAT, MANIFEST, SCHEMA, SHARD_DIR, read_manifest, sha256
 from ots.errors import DataError, StorageError
 from ots.storage import Store, open_store
 
 
 @dataclass(frozen=True)
 class ShardConfig:
-    hr_tile: int = 480
-    lr_tile: int = 120
-    hr_crop: int = 128  # minimum HR image side (random crop size used in training)
-    lr_crop: int = 32
-    overlap: float = 0.25  # fraction of the tile shared with the neighbour
-    shard_bytes: int = 64 << 20  # raw (uncompressed) pixel bytes per shard
+    hr_tile: int = DataConfig.hr_tile
+    lr_tile: int = DataConfig.lr_tile
+    hr_crop: int = DataConfig.hr_crop  # minimum HR image side (random crop size used in training)
+    lr_crop: int = DataConfig.lr_crop
+    overlap: float = DataConfig.overlap  # fraction of the tile shared with the neighbour
+    shard_bytes: int = int(DataConfig.shard_mb * (1 << 20))  # raw (uncompressed) pixel bytes per shard
 
     def validate(self) -> ShardConfig:
         if not (0 <= self.overlap < 1):
@@ -261,7 +251,7 @@ def prepare_dataset(
     if source == "demo":
         from ots.data.demo import build_demo
 
-        work = Path(work_dir or "data/demo_src")
+        work = Path(work_dir or DataConfig.work_dir)
         meta = build_demo(work, photos=photos, seed=seed, progress=progress, **(demo_options or {}))
         extra = {"source": "demo", "seed": seed, "degradation": {k: meta[k] for k in ("lr", "val")},
                  "split": {"hr": meta["hr"], "lr": sorted(meta["lr"]), "val": sorted(meta["val"]),

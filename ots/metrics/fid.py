@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ots.errors import ConfigError, WeightsNotFoundError, one_line
+from ots.linalg import sqrtm_psd
 from ots.weights import RANDOM, load_state_dict, resolve_weights
 
 
@@ -132,11 +133,6 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 
@@ -148,7 +144,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ConfigError(f"inconsistent statistics: {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}")
-    r1 = _sqrt_psd(s1)
+    r1 = sqrtm_psd(s1)
     m = r1 @ s2 @ r1
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2

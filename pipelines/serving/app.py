@@ -38,8 +38,9 @@ class BoundedUpscaleServer:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
+        from ots.device import resolve_device
         from ots.memory import available_memory
-        from ots.tiling import model_scale, resolve_device
+        from ots.tiling import model_scale
 
         self.limits = (limits or ServeLimits()).validate()
         self.model, self.scale = model, model_scale(model)

@@ -60,7 +60,7 @@ class OTSUpscaler(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from ots.checkpoint import load_map
-        from ots.tiling import resolve_device
+        from ots.device import resolve_device
 
         config = getattr(context, "model_config", None) or {}  # models-from-code: settings travel here
         for key in self.CONFIG_KEYS:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ots.storage import redact_uri
+from ots.redaction import redact_uri
 from pipelines.registry import load_map
 from pipelines.serving.app import BoundedUpscaleServer
 from pipelines.serving.limits import ServeLimits
@@ -27,7 +27,7 @@ def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: Se
 
     import uvicorn
 
-    from ots.tiling import resolve_device
+    from ots.device import resolve_device
 
     if isinstance(model_source, str):
         model = load_map(model_source, device=str(resolve_device(device)))

@@ -52,7 +52,7 @@ def run(config: OTSConfig, fresh: bool = False) -> dict:
     """Train (resuming the unfinished run of the same config unless ``fresh``); returns (and writes to
     ``<output_dir>/run.json``) the run summary. The MLflow run ends FINISHED, FAILED or KILLED (interrupted)."""
     from ots.data.shard_reader import open_dataset
-    from ots.storage import redact_uri
+    from ots.redaction import redact_uri
     from pipelines.mlflow_access import get_or_create_experiment, mlflow_client, resolve_tracking_uri
     from pipelines.raywire import probe_storage, ray_storage
     from pipelines.train import resume
@@ -150,7 +150,7 @@ def _log_dataset(client, run_id: str, uri: str, dataset) -> None:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
 
-    from ots.storage import redact_uri
+    from ots.redaction import redact_uri
     from pipelines.train.resume import manifest_digest
 
     digest = manifest_digest(dataset.manifest)
@@ -170,7 +170,7 @@ def _fit(config: OTSConfig, client, run_id: str, run_name: str, chash: str, stor
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ots.storage import redact_uri
+    from ots.redaction import redact_uri
     from pipelines.raywire import cause_of, fail_fast_callback
 
     train = config.train

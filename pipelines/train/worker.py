@@ -150,7 +150,7 @@ class TrainWorker:
     def run(self) -> dict | None:
         import torch
 
-        from ots.costs import unwrap
+        from ots.models.wrapping import unwrap
         from pipelines.train.tracking import Throughput
 
         train, target = self.train, self.train.steps

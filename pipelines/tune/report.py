@@ -15,7 +15,7 @@ from ray.tune import Callback
 from ots.atomic import atomic_path, write_text
 from ots.errors import one_line
 from pipelines.mlflow_access import log_params
-from pipelines.tune_space import apply_overrides, nest, sampled
+from pipelines.tune.space import apply_overrides, nest, sampled
 
 LOGGED_METRICS = ("loss_map", "loss_potential", "cost", "elapsed_s")
 

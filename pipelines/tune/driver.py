@@ -2,7 +2,7 @@
 
     python -m pipelines.tune --params params.yaml     # or: dvc repro pipelines/optional/dvc.yaml:tune
 
-Reads ``tune`` (the search: :mod:`pipelines.tune_space`, where its defaults live), ``seed``, ``model``,
+Reads ``tune`` (the search: :mod:`pipelines.tune.space`, where its defaults live), ``seed``, ``model``,
 ``solver`` and ``train`` (crops, batch size, dataset, MLflow settings) from params.yaml::
 
     tune:
@@ -12,7 +12,7 @@ Reads ``tune`` (the search: :mod:`pipelines.tune_space`, where its defaults live
         solver.cost.mse: {uniform: [0.5, 4.0]}
         train.batch_size: {choice: [4, 8]}
 
-Each trial (:mod:`pipelines.tune_trial`) is a single-worker function trainable holding
+Each trial (:mod:`pipelines.tune.trial`) is a single-worker function trainable holding
 ``tune.resources_per_trial`` (custom resource names kept as written; a reserved GPU is the trial's device): it
 builds the solver with ``ots.solver.build_solver``, runs up to ``tune.max_steps`` potential steps and every
 ``report_every`` steps reports the unpaired validation metric (SWD; ``metric: fid`` when the Inception weights
@@ -20,7 +20,7 @@ resolve, else SWD and a note). ASHA (``time_attr=step``) stops bad trials at ``g
 ``grace_period * reduction_factor``, ... steps; ``num_samples`` and ``time_budget_s`` bound the search. Trials
 live in ``tune.storage_path``: a folder, or ``s3://bucket/prefix`` (endpoint and credentials from the environment).
 
-MLflow (:mod:`pipelines.tune_report`; experiment ``train.mlflow.experiment``): one parent run (tag
+MLflow (:mod:`pipelines.tune.report`; experiment ``train.mlflow.experiment``): one parent run (tag
 ``ots.stage=tune``) and one child run per trial (tag ``mlflow.parentRunId``) with the trial's params and metric
 history, logged live from the driver; the parent gets the best config (``best.<key>``, ``best_<metric>``) and the
 outputs. Outputs, next to ``tune.output``: ``best_params.yaml`` -- the searched keys only, nested -- which the
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from ots.errors import OTSError
-from pipelines.tune_space import TuneConfig, param_space, resolve_tune, trial_resources
+from pipelines.tune.space import TuneConfig, param_space, resolve_tune, trial_resources
 
 
 class TuneError(OTSError):
@@ -78,11 +78,12 @@ def run(params: dict) -> dict:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ots.data import open_dataset
-    from ots.storage import parse_uri, redact_uri
+    from ots.locations import parse_uri
+    from ots.redaction import redact_uri
     from pipelines.mlflow_access import get_or_create_experiment, mlflow_client, resolve_tracking_uri
     from pipelines.raywire import init_ray, ray_storage
-    from pipelines.tune_report import MLflowChildren, error_line, record_best, trial_summary, write_outputs
-    from pipelines.tune_trial import TrialContext, run_trial
+    from pipelines.tune.report import MLflowChildren, error_line, record_best, trial_summary, write_outputs
+    from pipelines.tune.trial import TrialContext, run_trial
 
     tune, base = resolve_tune(params)
     base["train"]["dataset"] = parse_uri(base["train"]["dataset"]).uri  # absolute: trials run elsewhere
@@ -163,6 +164,3 @@ def main(argv: list[str] | None = None) -> int:
 
     return stage_main("tune", __doc__, lambda params, _path: run(params), argv, report)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ots.errors import ConfigError, NonFiniteLossError
-from pipelines.tune_space import TuneConfig, apply_overrides, sampled
+from pipelines.tune.space import TuneConfig, apply_overrides, sampled
 
 NONFINITE_VALUE = 1e12  # reported when a trial's losses go NaN/inf (then the trial stops)
 

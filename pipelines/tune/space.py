@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ots.dotted import get_dotted, set_dotted
 from ots.errors import ConfigError
 
 SAMPLERS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None}  # sampler -> number of arguments
@@ -95,28 +96,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _get(d: Any, dotted: str) -> tuple[bool, Any]:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return False, None
-        d = d[part]
-    return True, d
-
-
-def _set(d: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        if not isinstance(d.get(part), dict):
-            d[part] = {}
-        d = d[part]
-    d[last] = value
-
-
 def nest(flat: dict) -> dict:
     """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}}."""
     out: dict = {}
     for k, v in sorted(flat.items()):
-        _set(out, k, v)
+        set_dotted(out, k, v)
     return out
 
 
@@ -124,7 +108,7 @@ def apply_overrides(params: dict, flat: dict) -> dict:
     """A deep copy of params with dotted keys set."""
     params = copy.deepcopy(params)
     for k, v in flat.items():
-        _set(params, k, v)
+        set_dotted(params, k, v)
     return params
 
 
@@ -150,9 +134,9 @@ def check_space(space: Any, base: dict) -> dict:
         if key.split(".", 1)[0] not in SECTIONS or any(key == k or key.startswith(k + ".") for k in NOT_SEARCHABLE):
             raise ConfigError(f"tune.space: {key!r} cannot be searched (keys under {', '.join(SECTIONS)}; "
                               f"not {', '.join(sorted(NOT_SEARCHABLE))})")
-        found, cur = _get(base, key)
+        found, cur = get_dotted(base, key)
         parent, _, leaf = key.rpartition(".")
-        is_cost_term = parent == "solver.cost" and isinstance(_get(base, parent)[1], dict) and leaf in COSTS
+        is_cost_term = parent == "solver.cost" and isinstance(get_dotted(base, parent)[1], dict) and leaf in COSTS
         if not found and not is_cost_term:
             raise ConfigError(f"tune.space: unknown key {key!r} (not in the resolved params)")
         if found and isinstance(cur, dict):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ots.data.config import DataConfig
+
 
 def _config(args):
     from ots.data.shards import ShardConfig
@@ -44,7 +46,7 @@ def _prepare(args) -> int:
 
 
 def _info(args) -> int:
-    from ots.data.shards import open_dataset
+    from ots.data.shard_reader import open_dataset
 
     ds = open_dataset(args.uri, verify=not args.no_verify)
     m = ds.manifest
@@ -55,21 +57,23 @@ def _info(args) -> int:
 
 
 def add_demo_args(p) -> None:
-    p.add_argument("--max-side", type=int, default=1024, help="photos are downscaled to at most this many px")
-    p.add_argument("--val-crop", type=int, default=256, help="side of the centre crop of each validation photo")
-    p.add_argument("--split", choices=("regions", "photos"), default="regions",
+    p.add_argument("--max-side", type=int, default=DataConfig.max_side,
+                   help="photos are downscaled to at most this many px")
+    p.add_argument("--val-crop", type=int, default=DataConfig.val_crop,
+                   help="side of the centre crop of each validation photo")
+    p.add_argument("--split", choices=("regions", "photos"), default=DataConfig.split,
                    help="regions: HR and LR domains from disjoint checkerboard cells of the same photos "
                         "(default); photos: whole photos split between the domains")
-    p.add_argument("--cell", type=int, default=160, help="with --split regions: cell size in HR px")
+    p.add_argument("--cell", type=int, default=DataConfig.cell, help="with --split regions: cell size in HR px")
 
 
 def add_shard_args(p) -> None:
-    p.add_argument("--hr-tile", type=int, default=480)
-    p.add_argument("--lr-tile", type=int, default=120)
-    p.add_argument("--hr-crop", type=int, default=128)
-    p.add_argument("--lr-crop", type=int, default=32)
-    p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--shard-mb", type=float, default=64)
+    p.add_argument("--hr-tile", type=int, default=DataConfig.hr_tile)
+    p.add_argument("--lr-tile", type=int, default=DataConfig.lr_tile)
+    p.add_argument("--hr-crop", type=int, default=DataConfig.hr_crop)
+    p.add_argument("--lr-crop", type=int, default=DataConfig.lr_crop)
+    p.add_argument("--overlap", type=float, default=DataConfig.overlap)
+    p.add_argument("--shard-mb", type=float, default=DataConfig.shard_mb)
 
 
 def add_commands(sub) -> None:
@@ -77,7 +81,7 @@ def add_commands(sub) -> None:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     p = dsub.add_parser("demo", help="build the offline AIM19-like demo folder (PNG, AIM19 layout)")
-    p.add_argument("--out", default="data/demo_src")
+    p.add_argument("--out", default=DataConfig.work_dir)
     p.add_argument("--photos", help="folder of your own colour photos (default: scikit-image's)")
     p.add_argument("--seed", type=int, default=0)
     add_demo_args(p)
@@ -90,10 +94,10 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_photos)
 
     p = dsub.add_parser("prepare", help="write Parquet shards + manifest from 'demo' or an AIM19 folder")
-    p.add_argument("--source", default="demo", help="'demo' or the path of an AIM19-layout folder")
-    p.add_argument("--out", default="data/demo", help="local path, file://... or s3://bucket/prefix")
+    p.add_argument("--source", default=DataConfig.source, help="'demo' or the path of an AIM19-layout folder")
+    p.add_argument("--out", default=DataConfig.output, help="local path, file://... or s3://bucket/prefix")
     p.add_argument("--photos", help="with --source demo: folder of your own photos")
-    p.add_argument("--work", default="data/demo_src", help="with --source demo: where the demo PNGs go")
+    p.add_argument("--work", default=DataConfig.work_dir, help="with --source demo: where the demo PNGs go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-invalid", action="store_true", help="skip bad files and record them in the manifest")
     add_demo_args(p)
