@@ -28,7 +28,7 @@ from ots.locations import not_regular
 
 # The decompression-bomb guard, every decoder's default ``max_pixels`` (a caller with a tighter input limit, such as
 # a server's, passes its own): Pillow raises DecompressionBombError above 2 x Image.MAX_IMAGE_PIXELS (89 478 485).
-DEFAULT_MAX_PIXELS = 2 * 89_478_485
+BOMB_MAX_PIXELS = 2 * 89_478_485
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the numpy op making pixels upright: Pillow's exif_transpose for what it did not decode (16 bit)
@@ -38,7 +38,7 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "decode_image", "image_info", "png_bit_depth", "probe_file",
+__all__ = ["BOMB_MAX_PIXELS", "IMAGE_SUFFIXES", "decode_image", "image_info", "png_bit_depth", "probe_file",
            "read_image", "to_depth8", "to_rgb8"]
 
 
@@ -97,7 +97,7 @@ def image_info(data: bytes, what: str = "image") -> tuple[int, int, int, int]:
     return h, w, channels, 2 if mode.startswith("I") or mode == "F" else 1
 
 
-def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = BOMB_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to ``(H, W, C)`` uint8/uint16, C in 1..4; DataError (one line) on bad input.
 
     ``max_pixels=None`` disables the size check (Pillow's own bomb guard still applies).
@@ -216,7 +216,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     except OSError as e:
         raise InferenceError(f"cannot read {p}: {e.strerror or e}") from e
     try:
-        return decode_image(data, str(p), max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        return decode_image(data, str(p), max_pixels=max_pixels or BOMB_MAX_PIXELS)
     except DataError as e:
         raise InferenceError(str(e)) from e
 

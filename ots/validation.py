@@ -76,16 +76,17 @@ class Validation:
     def __call__(self, net: torch.nn.Module) -> dict:
         return self.score(self.outputs(net))
 
-    def grid(self, columns: dict[str, list[torch.Tensor]], images: int = 4, crop: int = 192) -> np.ndarray:
+    def grid(self, columns: dict[str, list[torch.Tensor]], images: int = 4, crop: int = 192,
+             title: str = "") -> np.ndarray:
         """LR (nearest) | each of ``columns`` (outputs in [0, 1], one per val image) | HR: centre crops of the
-        first ``images`` val images, labelled."""
+        first ``images`` val images, labelled (``title`` before the first label)."""
         from ots.imagegrid import center_crop, nearest, panel_grid, tensor_rgb8
 
         rows = []
         for i, (_, lr, hr) in enumerate(self.pairs[:images]):
             panels = [nearest(lr, self.scale), *(tensor_rgb8(col[i]) for col in columns.values()), hr]
             rows.append([center_crop(p, crop) for p in panels])
-        return panel_grid(rows, ["LR", *columns, "HR"], gap=2)
+        return panel_grid(rows, [f"{title}: LR" if title else "LR", *columns, "HR"], gap=2)
 
     def save_grid(self, path: str | Path, net: torch.nn.Module, images: int = 4, crop: int = 192) -> None:
         """LR | bicubic | map | HR for ``net`` as a PNG."""

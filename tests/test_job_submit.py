@@ -298,27 +298,29 @@ def test_a_failed_cluster_job_fails_the_stage_in_one_line(tmp_path, ray_head):
 def test_where_the_train_stage_runs(monkeypatch, tmp_path):
     """job_server: train.cluster, else an http(s) RAY_ADDRESS; never inside the job; bad setups are one line
     before anything is uploaded."""
+    import dataclasses
+
+    from ots.config import TrainConfig
     from ots.errors import ConfigError
     from pipelines import cluster
 
     for k in ("RAY_ADDRESS", cluster.API_SERVER_ENV, cluster.IN_RAY_JOB_ENV, cluster.JOB_OUTPUT_ENV):
         monkeypatch.delenv(k, raising=False)
-    assert cluster.job_server({"cluster": None}) is None  # a local Ray
+    assert cluster.job_server(TrainConfig(cluster=None)) is None  # a local Ray
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a GCS address (inside a job): join, do not submit
-    assert cluster.job_server({"cluster": None}) is None
+    assert cluster.job_server(TrainConfig(cluster=None)) is None
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
-    assert cluster.job_server({"cluster": None}) == "http://head:8265"
-    assert cluster.job_server({"cluster": "https://other:443"}) == "https://other:443"
+    assert cluster.job_server(TrainConfig(cluster=None)) == "http://head:8265"
+    assert cluster.job_server(TrainConfig(cluster="https://other:443")) == "https://other:443"
     monkeypatch.setenv(cluster.IN_RAY_JOB_ENV, "{}")  # inside any Ray job (e.g. a manual `ray job submit`)
-    assert cluster.job_server({"cluster": "https://other:443"}) is None
+    assert cluster.job_server(TrainConfig(cluster="https://other:443")) is None
     monkeypatch.delenv(cluster.IN_RAY_JOB_ENV)
-    params = {"model": TINY_MODEL, "train": {"lr_crop": 8, "hr_crop": 32, "dataset": "s3://b/ds",
-                                             "storage_path": "outputs/ray"}}
+    train = TrainConfig(lr_crop=8, hr_crop=32, dataset="s3://b/ds", storage_path="outputs/ray")
     with pytest.raises(ConfigError, match="train.storage_path is 'outputs/ray': a cluster run needs a location"):
-        cluster.submit("pipelines.train", "params.yaml", params, "http://127.0.0.1:9")
-    params["train"]["storage_path"] = str(tmp_path / "ray")
+        cluster.submit("pipelines.train", "params.yaml", train, "http://127.0.0.1:9")
+    train = dataclasses.replace(train, storage_path=str(tmp_path / "ray"))
     with pytest.raises(ConfigError, match="outside the project"):
-        cluster.submit("pipelines.train", str(tmp_path / "p.yaml"), params, "http://127.0.0.1:9")
+        cluster.submit("pipelines.train", str(tmp_path / "p.yaml"), train, "http://127.0.0.1:9")
     nobody = f"http://127.0.0.1:{_free_ports(1)[0]}"
     with pytest.raises(cluster.ClusterJobError, match=f"^cannot submit to the Ray job server {nobody}: "):
-        cluster.submit("pipelines.train", "params.yaml", params, nobody)
+        cluster.submit("pipelines.train", "params.yaml", train, nobody)

@@ -120,10 +120,12 @@ def test_trials_build_through_build_solver_and_use_no_private_helpers():
 
 
 def test_unpaired_val_crops(tiny_dataset):
-    lr, hr, source = trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
+    from ots.validation import unpaired_crops
+
+    lr, hr, source = unpaired_crops(tiny_dataset, 5, 8, 32, seed=3)
     assert source == "val" and lr.shape == (5, 3, 8, 8) and hr.shape == (5, 3, 32, 32)
     assert float(lr.min()) >= -1 and float(lr.max()) <= 1
-    again, _, _ = trial.unpaired_val_crops(tiny_dataset, 5, 8, 32, seed=3)
+    again, _, _ = unpaired_crops(tiny_dataset, 5, 8, 32, seed=3)
     assert (again == lr).all()  # fixed: the same crops for every trial
 
 

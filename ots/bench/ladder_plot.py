@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def plot_ladder(path: str | Path, ladder: dict) -> None:
@@ -42,26 +41,6 @@ def plot_ladder(path: str | Path, ladder: dict) -> None:
 def save_rung_grid(path: str | Path, val, columns: dict[str, list[torch.Tensor]], title: str = "",
                    images: int = 3, crop: int = 128) -> None:
     """Rows of LR (nearest) | each column's output | HR: centre crops of the first val images, labelled."""
-    import numpy as np
-    from PIL import Image, ImageDraw
+    from ots.imagewrite import write_image
 
-    names = ["LR", *columns, "HR"]
-    rows = []
-    for i in range(min(images, len(val.lr))):
-        h = val.hr[i]
-        H, W = h.shape[-2:]
-        c = min(crop, H, W)
-        y0, x0 = (H - c) // 2, (W - c) // 2
-        near = F.interpolate((val.lr[i] + 1) / 2, scale_factor=val.scale, mode="nearest")
-        cells = [near, *(col[i] for col in columns.values()), h]
-        cells = [t[0, :, y0:y0 + c, x0:x0 + c].clamp(0, 1) for t in cells]
-        gap = torch.ones(3, c, 2)
-        rows.append(torch.cat([x for cell in cells for x in (cell, gap)][:-1], dim=2))
-    label_h = 14
-    img = torch.cat([torch.ones(3, label_h, rows[0].shape[-1])] + [torch.cat([r, torch.ones(3, 2, r.shape[-1])], 1)
-                                                                    for r in rows], dim=1)
-    pil = Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for k, name in enumerate(names):
-        draw.text((k * (crop + 2) + 3, 1), name if k else f"{title}: LR", fill=(0, 0, 0))
-    pil.save(path)
+    write_image(path, val.grid(columns, images, crop, title))

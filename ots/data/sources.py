@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ots.errors import DataError
-from ots.imageio import DEFAULT_MAX_PIXELS, to_rgb8
+from ots.imageio import BOMB_MAX_PIXELS, to_rgb8
 from ots.imageio import decode_image as _decode
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
@@ -22,7 +22,7 @@ FOLDERS = {"hr": "train_clean", "lr": "train_noisy", "val_hr": "val_hr", "val_lr
 SCALE = 4
 
 
-def decode_rgb8(data: bytes, what: str = "image", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_rgb8(data: bytes, what: str = "image", max_pixels: int | None = BOMB_MAX_PIXELS) -> np.ndarray:
     """Decode bytes to a uint8 HxWx3 RGB array (:mod:`ots.imageio`: 16 bit rescaled, never clipped; gray
     replicated; alpha dropped); raises DataError with the reason on bad input, decompression bombs included."""
     return to_rgb8(_decode(data, what, max_pixels=max_pixels))

@@ -1,7 +1,7 @@
 """What one served request may ask for: the defaults of both servers and the bounded server's :class:`ServeLimits`.
 
 These are serving limits (the ``serve:`` params, the CLI flags and ``model_config`` override them), not
-:data:`ots.imageio.DEFAULT_MAX_PIXELS`, the decompression-bomb guard of every decoder.
+:data:`ots.imageio.BOMB_MAX_PIXELS`, the decompression-bomb guard of every decoder.
 """
 
 from __future__ import annotations
