@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.params import section
 from pipelines.registry import load_map
 from pipelines.run_record import flat_metrics, read_run_info, selected_checkpoint, tracking_uri
@@ -33,8 +34,8 @@ DEFAULTS = {
     "out": "outputs/evaluate",
     "metrics": None,     # metrics.json elsewhere than `out` (params.yaml: the git-tracked metrics/ folder)
     "per_image": None,   # per_image.csv elsewhere than `out` (idem)
-    "tile": 256,
-    "overlap": 32,
+    "tile": DEFAULT_TILE,
+    "overlap": DEFAULT_OVERLAP,
     "device": "auto",
     "precision": "auto",
     "lpips_net": "alex",

@@ -25,6 +25,7 @@ from typing import Any
 
 from ots.atomic import write_text
 from ots.errors import one_line
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.params import section
 from pipelines.run_record import read_metrics, read_run_info, selected_checkpoint, tracking_uri
 from pipelines.stage import stage_main
@@ -44,8 +45,8 @@ DEFAULTS = {
     "out": "outputs/register/result.json",
 }
 SERVE_DEFAULTS = {
-    "tile": 256,
-    "overlap": 32,
+    "tile": DEFAULT_TILE,
+    "overlap": DEFAULT_OVERLAP,
     "max_pixels": 2048 * 2048,
     "max_bytes": 20 * 1024 * 1024,
     "device": "auto",

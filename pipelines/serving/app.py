@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from mlflow.exceptions import MlflowException
 
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.serving.limits import ServeLimits
 from pipelines.serving.payload import decode_b64, encode_b64, max_b64_chars, payload_image
 
@@ -33,8 +34,8 @@ class _HTTPError(Exception):
 class BoundedUpscaleServer:
     """An ASGI app (``.app``) upscaling ``/invocations`` payloads under :class:`ServeLimits`."""
 
-    def __init__(self, model, limits: ServeLimits | None = None, *, tile: int = 256, overlap: int = 32,
-                 device: str = "cpu", precision: str = "auto"):
+    def __init__(self, model, limits: ServeLimits | None = None, *, tile: int = DEFAULT_TILE,
+                 overlap: int = DEFAULT_OVERLAP, device: str = "cpu", precision: str = "auto"):
         import threading
         from concurrent.futures import ThreadPoolExecutor
 

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.registry import CHECKPOINT_ARTIFACT
 from pipelines.serving.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS
 from pipelines.serving.payload import encode_b64
@@ -21,7 +22,7 @@ from pipelines.serving.payload import encode_b64
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def signature(tile: int = 256, overlap: int = 32):
+def signature(tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -52,9 +53,9 @@ def pip_requirements() -> list[str]:
             "opencv-python-headless", "pyyaml", "tqdm"]  # cv2: 16-bit colour PNG answers
 
 
-def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *, tile: int = 256,
-                     overlap: int = 32, max_pixels: int = MAX_INPUT_PIXELS, max_bytes: int = MAX_INPUT_BYTES,
-                     device: str = "auto", precision: str = "auto", include_code: bool = True,
+def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
+                     tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_pixels: int = MAX_INPUT_PIXELS,
+                     max_bytes: int = MAX_INPUT_BYTES, device: str = "auto", precision: str = "auto", include_code: bool = True,
                      registered_model_name: str | None = None, run_id: str | None = None):
     """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``pipelines/serving/model.py`` +
     ``model_config``), signature, input example, the ``ots`` and ``pipelines`` code -- into ``run_id`` (default:

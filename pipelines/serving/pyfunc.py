@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.registry import CHECKPOINT_ARTIFACT
 from pipelines.serving.limits import MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MAX_REQUEST_IMAGES
 from pipelines.serving.payload import encode_b64, payload_image
@@ -45,7 +46,7 @@ from pipelines.serving.scoring_server import (
 class OTSUpscaler(mlflow.pyfunc.PythonModel):
     """Upscales each row's ``image`` with the trained map, tiled; returns base64 PNGs."""
 
-    def __init__(self, tile: int = 256, overlap: int = 32, max_pixels: int = MAX_INPUT_PIXELS,
+    def __init__(self, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_pixels: int = MAX_INPUT_PIXELS,
                  max_bytes: int = MAX_INPUT_BYTES, device: str = "auto", precision: str = "auto",
                  max_images: int = MAX_REQUEST_IMAGES, max_request_pixels: int | None = None):
         self.tile, self.overlap = int(tile), int(overlap)

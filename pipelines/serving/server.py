@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 
 from ots.redaction import redact_uri
+from ots.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from pipelines.registry import load_map
 from pipelines.serving.app import BoundedUpscaleServer
 from pipelines.serving.limits import ServeLimits
 
 
 def serve(model_source, *, host: str = "127.0.0.1", port: int = 5001, limits: ServeLimits | None = None,
-          tile: int = 256, overlap: int = 32, device: str = "cpu", precision: str = "auto",
+          tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, device: str = "cpu", precision: str = "auto",
           hard_exit: bool = False) -> int:
     """Load the map (checkpoint, ``runs:/``, run id or ``models:/name@alias``: only the checkpoint is fetched,
     no pickled code runs; or an ``nn.Module`` with ``.scale``) and serve it until SIGTERM/SIGINT.
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="checkpoint file, runs:/..., run id or models:/<name>@<alias>")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5001)
-    ap.add_argument("--tile", type=int, default=256)
-    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    ap.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     ap.add_argument("--device", default=os.environ.get("OTS_SERVE_DEVICE", "cpu"))
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--max-concurrent", type=int, default=d.max_concurrent)

@@ -256,7 +256,7 @@ def _fit(config: OTSConfig, client, run_id: str, run_name: str, chash: str, stor
 
     write_text(out_dir / "run.json", json.dumps(summary, indent=2) + "\n")
     client.log_artifact(run_id, str(out_dir / "run.json"))
-    from pipelines.train.tracking import write_train_metrics
+    from pipelines.train.dvc_metrics import write_train_metrics
 
     write_train_metrics(client, run_id, summary, train.summary, train.curves)
     return summary
