@@ -55,8 +55,8 @@ def pip_requirements() -> list[str]:
 
 def log_pyfunc_model(checkpoint_path: str | os.PathLike, name: str = "model", *,
                      tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_pixels: int = MAX_INPUT_PIXELS,
-                     max_bytes: int = MAX_INPUT_BYTES, device: str = "auto", precision: str = "auto", include_code: bool = True,
-                     registered_model_name: str | None = None, run_id: str | None = None):
+                     max_bytes: int = MAX_INPUT_BYTES, device: str = "auto", precision: str = "auto",
+                     include_code: bool = True, registered_model_name: str | None = None, run_id: str | None = None):
     """Log the map checkpoint as an :class:`OTSUpscaler` pyfunc -- models-from-code (``pipelines/serving/model.py`` +
     ``model_config``), signature, input example, the ``ots`` and ``pipelines`` code -- into ``run_id`` (default:
     the active run, else a new one). Returns mlflow's ModelInfo."""
