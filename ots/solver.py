@@ -276,6 +276,9 @@ def build_solver(model: ModelConfig, solver: SolverConfig, device: str | torch.d
     from ots.costs import ReferenceMap, WeightedCost
     from ots.models import build_map, build_potential
 
+    if not isinstance(solver, SolverConfig) or not isinstance(model, ModelConfig):  # checked where params were read
+        raise TypeError(f"build_solver takes a ModelConfig and a SolverConfig, got {type(model).__name__}, "
+                        f"{type(solver).__name__}")
     if seed is not None:
         torch.manual_seed(seed)
     T, f = build_map(model.map), build_potential(model.potential)
