@@ -163,13 +163,13 @@ def mlflow_server(tmp_path_factory):
         log.close()
 
 
-def stop_process_group(proc) -> None:
-    """SIGTERM a server started with start_new_session=True, SIGKILL after 20 s."""
+def stop_process_group(proc, grace: float = 20) -> None:
+    """SIGTERM a server started with start_new_session=True, SIGKILL after ``grace`` seconds."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

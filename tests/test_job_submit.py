@@ -185,7 +185,7 @@ def ray_head(tmp_path_factory, moto_endpoint):
             time.sleep(1)
         yield address, env, temp, head
     finally:
-        stop_process_group(head)
+        stop_process_group(head, grace=3)  # `ray start --block` ignores SIGTERM; its temp dir goes below
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
