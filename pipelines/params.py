@@ -60,3 +60,10 @@ def run_config(params: dict):
     if isinstance(train, dict) and train.get("overrides"):
         params = deep_merge(params, load_params(train["overrides"]))
     return OTSConfig.from_params(params)
+
+
+def read_run_config(path: str | os.PathLike, adjust=None):
+    """A params file as a typed run config, in one call: read (:func:`load_params`), ``adjust`` the document (the
+    GAN stage merges its ``baseline:`` section), then :func:`run_config`."""
+    doc = load_params(path)
+    return run_config(adjust(doc) if adjust is not None else doc)

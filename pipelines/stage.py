@@ -8,11 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], argv: list[str] | None = None,
-               report: Callable[[Any], None] | None = None) -> int:
+def stage_main(stage: str, doc: str | None, run: Callable[[Any, str], Any], argv: list[str] | None = None,
+               report: Callable[[Any], None] | None = None, read: Callable[[str], Any] | None = None) -> int:
     """The entry point every DVC stage shares: `python -m pipelines.<stage> --params params.yaml`.
 
-    Bad input (OTSError) and MLflow failures (server down, permissions) end as one line and exit code 2.
+    ``run(read(path), path)`` does the stage's work; ``read`` turns the params file into what the stage needs
+    (default: the document, :func:`pipelines.params.load_params`; the train-like stages read a typed config in
+    one call, :func:`pipelines.params.read_run_config`). Bad input (OTSError) and MLflow failures (server down,
+    permissions) end as one line and exit code 2.
     """
     from ots.errors import OTSError, one_line
     from pipelines.params import load_params
@@ -21,7 +24,7 @@ def stage_main(stage: str, doc: str | None, run: Callable[[dict, str], Any], arg
     ap.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     args = ap.parse_args(argv)
     try:
-        result = run(load_params(args.params), args.params)
+        result = run((read or load_params)(args.params), args.params)
     except OTSError as e:
         print(f"{stage}: error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -263,7 +263,7 @@ def _fit(config: OTSConfig, client, run_id: str, run_name: str, chash: str, stor
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage("train", __doc__, lambda doc: doc, argv, ("mlflow_run_id", "steps", "final_checkpoint", "wall_s"),
+    return stage("train", __doc__, None, argv, ("mlflow_run_id", "steps", "final_checkpoint", "wall_s"),
                  run=run)
 
 

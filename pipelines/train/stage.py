@@ -7,8 +7,9 @@ import json
 import os
 import signal
 
+from ots.config import OTSConfig
 from pipelines.cluster import job_server, submit
-from pipelines.params import run_config
+from pipelines.params import read_run_config
 
 _SIGNALLED: list[int] = []  # the signals ``_on_term`` received
 
@@ -23,7 +24,9 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     """The train-like stages' CLI (``python -m module``): ``--params``, ``--fresh``; trains here or, with a Ray job
     server (:func:`pipelines.cluster.job_server`), as a Ray job of the same command. SIGTERM ends the MLflow run
     KILLED (via KeyboardInterrupt), not RUNNING forever, stops a submitted job, and ends the process with
-    128 + the signal (143; Ctrl-C: 130). ``run(config, fresh)`` trains here (:func:`pipelines.train.driver.run`)."""
+    128 + the signal (143; Ctrl-C: 130). ``make_params`` adjusts the params document before it is typed (the GAN
+    merges its ``baseline:`` section; None: as read); ``run(config, fresh)`` trains here
+    (:func:`pipelines.train.driver.run`)."""
     import sys
 
     from pipelines.stage import stage_main
@@ -32,8 +35,7 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     pre.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished run")
     flags, rest = pre.parse_known_args(argv)
 
-    def train_or_submit(doc_: dict, path: str) -> dict:
-        config = run_config(make_params(doc_))  # the one check of this run's params
+    def train_or_submit(config: OTSConfig, path: str) -> dict:
         address = job_server(config.train)
         if address:
             return submit(module, path, config.train, address, fresh=flags.fresh, stage=name)
@@ -42,7 +44,8 @@ def stage(name: str, doc: str, make_params, argv: list[str] | None, keys: tuple,
     previous = signal.signal(signal.SIGTERM, _on_term)
     try:
         return stage_main(name, doc, train_or_submit, rest,
-                          lambda summary: print(json.dumps({k: summary[k] for k in keys})))
+                          lambda summary: print(json.dumps({k: summary[k] for k in keys})),
+                          read=lambda path: read_run_config(path, make_params))  # params typed once, here
     except (KeyboardInterrupt, SystemExit) as e:
         signum = _SIGNALLED[-1] if _SIGNALLED else signal.SIGINT if isinstance(e, KeyboardInterrupt) else None
         if signum is None:  # sys.exit() from argparse (--help) or elsewhere
