@@ -185,3 +185,15 @@ def tiny_dataset(tmp_path_factory) -> str:
     prepare_dataset(str(make_aim19(root / "aim19")), str(out), cfg=ShardConfig(**TINY, shard_bytes=40_000),
                     progress=False)
     return str(out)
+
+
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The modules that start Ray clusters, train
+# through Ray or run `dvc repro` share one worker, in file order, as they did in one process; the rest of the suite
+# runs beside them on the other worker.
+RAY_MODULES = {"test_train.py", "test_tune.py", "test_job_submit.py", "test_e2e.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in RAY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
