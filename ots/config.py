@@ -186,12 +186,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, train: Any, dataset: str) -> TrainConfig:
         """The section over its defaults, ``dataset`` (data.output) where it names none; one line per bad value."""
-        from ots.params_schema import check_keys
+        from ots.params_schema import check_keys, given
 
         check_keys(train, cls.defaults(), "train", open_keys=("train.resources_per_worker",))
-        train = {k: v for k, v in (train or {}).items() if v is not None or k in ("run_name", "summary", "curves",
-                                                                                 "overrides", "cluster",
-                                                                                 "resources_per_worker")}
+        train = given(cls, train)
         guard = GuardConfig(**(train.pop("guard", None) or {}))
         mlflow = MlflowConfig(**(train.pop("mlflow", None) or {}))
         cfg = cls(**{**train, "dataset": train.get("dataset") or dataset, "guard": guard, "mlflow": mlflow})

@@ -110,3 +110,10 @@ def dataclass_defaults(cls) -> dict:
             value = None
         out[f.name] = None if str(f.type) in ("Any", "typing.Any") else value
     return out
+
+
+def given(cls, section: Any) -> dict:
+    """The values a params section gives a config dataclass: a null means the field's default, except for a field
+    that may be None (``X | None``), where null is a value of its own (e.g. ``manifest_copy: null``: no copy)."""
+    optional = {f.name for f in dataclasses.fields(cls) if "None" in str(f.type)}
+    return {k: v for k, v in (section or {}).items() if v is not None or k in optional}

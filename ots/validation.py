@@ -39,9 +39,8 @@ class Validation:
         from ots.metrics.swd import EVAL_PATCHES
 
         self.dataset = _dataset(data)
-        pairs = self.dataset.val_pairs()
-        if max_images:
-            pairs = pairs[:max_images]
+        self.all_pairs = self.dataset.val_pairs()  # decoded once: the scores and the grids' crops read them
+        pairs = self.all_pairs[:max_images] if max_images else self.all_pairs
         if not pairs:
             raise ConfigError(f"{self.dataset.uri}: no validation pairs to select the map by")
         self.pairs = pairs
@@ -95,13 +94,13 @@ class Validation:
         write_image(path, self.grid({"bicubic": self.bicubic_outputs(), "map": self.outputs(net)}, images, crop))
 
 
-def val_crops(data, n: int, lr_crop: int, scale: int):
-    """Centre crops of the first ``n`` val pairs (LR and the matching HR, [-1, 1] NCHW), for the train run's
+def val_crops(pairs, n: int, lr_crop: int, scale: int):
+    """Centre crops of the first ``n`` val ``pairs`` (LR and the matching HR, [-1, 1] NCHW), for the train run's
     image grids; (None, None) when no val image is large enough."""
     from ots.data.loader import crops_to_tensor
 
     lrs, hrs = [], []
-    for _, lr, hr in _dataset(data).val_pairs()[:n]:
+    for _, lr, hr in pairs[:n]:
         h, w = lr.shape[:2]
         if h < lr_crop or w < lr_crop:
             continue

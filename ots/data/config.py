@@ -32,7 +32,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path=None) -> DataConfig:
-        from ots.params_schema import check_keys, dataclass_defaults
+        from ots.params_schema import check_keys, dataclass_defaults, given
 
         check_keys(data, dataclass_defaults(cls), "data", path)
-        return cls(**{k: v for k, v in (data or {}).items() if v is not None or k in ("photos", "manifest_copy")})
+        return cls(**given(cls, data))

@@ -47,7 +47,7 @@ class Tracker:
         dataset, seed = validation.dataset, validation.seed
         self.fixed_lr = CropStream(dataset, "lr", crop=train.lr_crop, batch_size=max(1, train.image_count),
                                    seed=seed + 7919, augment=False).batch(0)[: train.image_count]
-        self.val_lr, self.val_hr = val_crops(dataset, train.val_pairs, train.lr_crop, validation.scale)
+        self.val_lr, self.val_hr = val_crops(validation.all_pairs, train.val_pairs, train.lr_crop, validation.scale)
         self.system = _system_metrics(run_id, tracking_uri, bool(resumed_from))
 
     def close(self) -> None:
